@@ -130,7 +130,7 @@ def cfg_predict(
     return out_u + guidance_scale * (out_c - out_u)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_images(
     policy: DiffusionPolicy,
     captions: Sequence[str],

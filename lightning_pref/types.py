@@ -17,7 +17,9 @@ __all__ = [
     "ImagePairBatch",
     "ObjectiveOutput",
     "PairBatch",
+    "PromptBatch",
     "StepPair",
+    "StepPoolBatch",
 ]
 
 
@@ -57,6 +59,28 @@ class DenoisePair:
     ref_pred_l: Tensor | None
     timesteps: Tensor  # [B]
     pref_prob: Tensor  # [B]
+
+
+@dataclass
+class PromptBatch:
+    """Prompts for on-policy generation (the on-policy family's data side yields these)."""
+
+    captions: list[str]  # P prompts
+
+
+@dataclass
+class StepPoolBatch:
+    """Step pairs from an on-policy pool: two transitions x_t → x_{t-1} from one shared x_t.
+
+    ``B`` here counts step pairs. The winner ``x_w`` is the candidate the step scorer ranked higher.
+    """
+
+    x_t: Tensor  # [B, C, h, w] shared noisy state
+    x_w: Tensor  # [B, C, h, w] preferred x_{t-1}
+    x_l: Tensor  # [B, C, h, w] rejected x_{t-1}
+    timesteps: Tensor  # [B] t
+    prev_timesteps: Tensor  # [B] t - T/num_steps (negative on the last step: ā = ā_0)
+    captions: list[str]  # B captions
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ from lightning_pref.data.pairs import (
     PickAPicStream,
 )
 from lightning_pref.data.pickapic import REQUIRED_COLUMNS, PickAPicDataModule, resolve_data_files
+from lightning_pref.data.prompts import PromptDataModule, PromptList, load_prompts
 from lightning_pref.data.sampler import ResumableDataLoader, ResumableSampler, ResumableStream
+from lightning_pref.data.step_pool import StepPool, StepPoolSampler
 from lightning_pref.data.transforms import ImageTransform, decode_image
 
 __all__ = [
@@ -22,10 +24,15 @@ __all__ = [
     "PickAPicDataModule",
     "PickAPicPairs",
     "PickAPicStream",
+    "PromptDataModule",
+    "PromptList",
     "ResumableDataLoader",
     "ResumableSampler",
     "ResumableStream",
+    "StepPool",
+    "StepPoolSampler",
     "decode_image",
+    "load_prompts",
     "resolve_data_files",
     "write_fake_pickapic",
 ]

@@ -3,7 +3,12 @@
 from lightning_pref.models.components import DiffusionComponents
 from lightning_pref.models.loading import load_components
 from lightning_pref.models.policy import DiffusionPolicy, TinyDiffusionPolicy
-from lightning_pref.models.tiny import build_tiny_components, save_tiny_pipeline, tiny_tokenizer
+from lightning_pref.models.tiny import (
+    build_tiny_components,
+    save_tiny_clip,
+    save_tiny_pipeline,
+    tiny_tokenizer,
+)
 
 __all__ = [
     "DiffusionComponents",
@@ -11,6 +16,7 @@ __all__ = [
     "TinyDiffusionPolicy",
     "build_tiny_components",
     "load_components",
+    "save_tiny_clip",
     "save_tiny_pipeline",
     "tiny_tokenizer",
 ]

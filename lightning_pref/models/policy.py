@@ -97,6 +97,12 @@ class DiffusionPolicy(nn.Module):
         if self._built:
             return
         parts = self._load_components()
+        if parts.unet.config.get("addition_embed_type") is not None:
+            raise ConfigError(
+                f"'{self.pretrained}' is an SDXL-style UNet (addition_embed_type="
+                f"'{parts.unet.config.addition_embed_type}'); its pooled-text and size "
+                "conditioning is not supported yet: use an SD1.x/2.x model"
+            )
         self.unet = parts.unet
         self.vae = parts.vae
         self.text_encoder = parts.text_encoder
@@ -182,9 +188,12 @@ class DiffusionPolicy(nn.Module):
         # (no grad) convolutions pick different kernels and differ by ~1e-6
         return latents.contiguous()
 
-    @torch.no_grad()
     def decode_latents(self, latents: Tensor) -> Tensor:
-        """Latents → images in [-1, 1] (identity for a pixel-space model)."""
+        """Latents → images in [-1, 1] (identity for a pixel-space model).
+
+        Differentiable (TailorPO-G takes reward gradients through it); callers that only sample
+        run it under ``no_grad``/``inference_mode``.
+        """
         if self.vae is None:
             return latents.clamp(-1, 1)
         images = self.vae.decode(latents / self.vae.config.scaling_factor).sample

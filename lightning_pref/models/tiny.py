@@ -16,7 +16,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from lightning_pref.models.components import DiffusionComponents
 
-__all__ = ["build_tiny_components", "save_tiny_pipeline", "tiny_tokenizer"]
+__all__ = ["build_tiny_components", "save_tiny_clip", "save_tiny_pipeline", "tiny_tokenizer"]
 
 
 def _byte_chars() -> list[str]:
@@ -119,4 +119,34 @@ def save_tiny_pipeline(folder: str | Path, **kwargs: object) -> Path:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(str(folder))
+    return Path(folder)
+
+
+def save_tiny_clip(folder: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random CLIP (32 px images, byte tokenizer) in the PickScore folder layout."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(seed)
+    text = {
+        "vocab_size": 514,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 16,
+        "bos_token_id": 512,
+        "eos_token_id": 513,
+        "pad_token_id": 513,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    model.save_pretrained(str(folder))
+    tiny_tokenizer(16).save_pretrained(str(folder))
     return Path(folder)

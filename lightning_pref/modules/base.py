@@ -53,7 +53,9 @@ class PreferenceModule(LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["policy", "objective", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(
+            ignore=["policy", "objective", "pool", "optimizer", "lr_scheduler"]
+        )
         self.policy = policy
         self.objective = objective
         self.optimizer_factory = optimizer
