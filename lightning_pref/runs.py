@@ -223,6 +223,17 @@ def run_val_loader(
     return loader if isinstance(loader, DataLoader) else None
 
 
+def _minipick_val_pairs(config_path: Path, policy: DiffusionPolicy) -> str | None:
+    """MiniPick's validation pairs for a MiniPick run trained without pairs (on-policy methods)."""
+    from lightning_pref.minipick.policy import MiniPickPolicy
+
+    if not isinstance(policy, MiniPickPolicy):
+        return None
+    if isinstance(load_datamodule(config_path), PickAPicDataModule):
+        return None  # the run's own validation pairs
+    return str(policy.assets.pairs_dir(build=True) / "validation")
+
+
 def read_prompts(path: str | Path | None) -> list[str]:
     """Prompts from a file (a JSON list, or one per line), or MiniPick's held-out test prompts."""
     if path is None:
@@ -351,7 +362,8 @@ def evaluate_run(argv: list[str]) -> EvalReport:
     base = _load_for_eval(base_run.config, base_ckpt, device)
     loader = None  # read before sampling, so a wrong --val_files fails at once
     if args.implicit_draws > 0:
-        loader = run_val_loader(run.config, args.val_files, _image_size(tuned.policy))
+        val_files = args.val_files or _minipick_val_pairs(run.config, tuned.policy)
+        loader = run_val_loader(run.config, val_files, _image_size(tuned.policy))
     chosen = args.scorers or default_scorers(tuned.policy)
     scorers = {k: s.to(device) for k, s in chosen.items()}
     sampling = {"num_steps": args.num_steps, "guidance_scale": args.guidance_scale, "eta": args.eta}

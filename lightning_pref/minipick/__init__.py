@@ -5,7 +5,11 @@ The world and the rater are pure torch; the policy, data and asset modules add t
 """
 
 from lightning_pref.minipick.assets import AssetSettings, MiniPickAssets, default_data_dir
-from lightning_pref.minipick.data import MiniPickDataModule, SceneDataModule
+from lightning_pref.minipick.data import (
+    MiniPickDataModule,
+    MiniPickPromptDataModule,
+    SceneDataModule,
+)
 from lightning_pref.minipick.policy import MiniPickPolicy
 from lightning_pref.minipick.proxy import (
     MiniPickScore,
@@ -28,6 +32,9 @@ from lightning_pref.minipick.rater import (
     temperature_for_agreement,
     tie_margin_for_rate,
 )
+from lightning_pref.minipick.spm import MiniPickSPM, SPMConfig, StepAwareMiniPickScore
+from lightning_pref.minipick.spm_data import SPMDataModule, predict_x0
+from lightning_pref.minipick.spm_train import SPMModule, SPMObjective, train_spm
 from lightning_pref.minipick.world import (
     AREA_FACTORS,
     COLORS,
@@ -54,17 +61,26 @@ __all__ = [
     "AssetSettings",
     "MiniPickAssets",
     "MiniPickDataModule",
+    "MiniPickPromptDataModule",
     "MiniPickPolicy",
     "MiniPickScore",
+    "MiniPickSPM",
     "PreferencePairs",
     "ProxyConfig",
     "SceneDataModule",
+    "SPMConfig",
+    "SPMDataModule",
+    "SPMModule",
+    "SPMObjective",
+    "StepAwareMiniPickScore",
     "default_data_dir",
     "evaluate_pairs",
     "fit_proxy",
     "load_pairs",
     "pickscore_loss",
+    "predict_x0",
     "train_proxy",
+    "train_spm",
     "AREA_FACTORS",
     "COLORS",
     "DEFAULT_TEMPERATURE",

@@ -24,7 +24,7 @@ from pathlib import Path
 __all__ = ["ASSET_VERSION", "AssetSettings", "MiniPickAssets", "default_data_dir"]
 
 log = logging.getLogger("lightning_pref.minipick")
-ASSET_VERSION = 2
+ASSET_VERSION = 3
 MANIFEST = "COMPLETE.json"
 
 
@@ -40,12 +40,13 @@ class AssetSettings:
     """Everything that determines the assets' content (hashed into the folder names)."""
 
     image_size: int = 16
-    base_steps: int = 600
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    base_steps: int = 400
     base_batch_size: int = 64
     base_lr: float = 1e-3
     base_seed: int = 0
     pair_seed: int = 0
-    num_train_pairs: int = 1536
+    num_train_pairs: int = 1024
     num_val_pairs: int = 128
     sample_steps: int = 10
     guidance_scale: float = 5.0
@@ -58,7 +59,14 @@ class AssetSettings:
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
 
 
-_BASE_FIELDS = ("image_size", "base_steps", "base_batch_size", "base_lr", "base_seed")
+_BASE_FIELDS = (
+    "image_size",
+    "unet_channels",
+    "base_steps",
+    "base_batch_size",
+    "base_lr",
+    "base_seed",
+)
 _PAIR_FIELDS = (*_BASE_FIELDS, "pair_seed", "num_train_pairs", "num_val_pairs")
 _PAIR_FIELDS += ("sample_steps", "guidance_scale", "tie_rate", "max_unique_pairs")
 
@@ -170,6 +178,21 @@ class MiniPickAssets:
         pairs = self.pairs_dir(build=True)
         return ensure_asset(
             folder, lambda tmp: train_proxy(pairs, tmp, self.settings), "proxy reward"
+        )
+
+    def spm_dir(self, build: bool = True) -> Path:
+        """The step-aware MiniPickScore (SPO's SPM), trained from the proxy on the pairs' x̂0."""
+        folder = self.root / f"spm-{self.settings.key(*_PAIR_FIELDS)}"
+        if not build:
+            return folder
+        from lightning_pref.minipick.spm_train import train_spm
+
+        base, pairs = self.base_dir(build=True), self.pairs_dir(build=True)
+        proxy = self.proxy_dir(build=True)
+        return ensure_asset(
+            folder,
+            lambda tmp: train_spm(base, pairs, proxy, tmp, self.settings),
+            "step-aware preference model",
         )
 
     def describe(self) -> dict[str, object]:

@@ -25,7 +25,7 @@ from lightning_pref.sampling import sample_images
 
 __all__ = ["ScratchMiniPickPolicy", "build_pairs", "png_bytes", "pretrain_base"]
 
-SAMPLE_BATCH = 256  # images per sampling batch (two per caption)
+SAMPLE_BATCH = 128  # images per sampling batch (two per caption; 256 with CFG)
 
 
 class ScratchMiniPickPolicy(DiffusionPolicy):
@@ -36,13 +36,18 @@ class ScratchMiniPickPolicy(DiffusionPolicy):
         seed: initialisation seed.
     """
 
-    def __init__(self, image_size: int = 16, seed: int = 0) -> None:
+    def __init__(
+        self, image_size: int = 16, seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64)
+    ) -> None:
         super().__init__(pretrained="<minipick-scratch>", check_source=False)
         self.image_size = image_size
         self.init_seed = seed
+        self.unet_channels = tuple(unet_channels)
 
     def _load_components(self) -> DiffusionComponents:
-        return build_minipick_components(image_size=self.image_size, seed=self.init_seed)
+        return build_minipick_components(
+            image_size=self.image_size, block_out_channels=self.unet_channels, seed=self.init_seed
+        )
 
 
 def pretrain_base(out_dir: Path, settings: AssetSettings) -> dict:
@@ -56,7 +61,7 @@ def pretrain_base(out_dir: Path, settings: AssetSettings) -> dict:
     from lightning_pref.optim import WarmupCosine
 
     seed_everything(settings.base_seed, verbose=False)
-    policy = ScratchMiniPickPolicy(settings.image_size, settings.base_seed)
+    policy = ScratchMiniPickPolicy(settings.image_size, settings.base_seed, settings.unet_channels)
     module = OfflinePairModule(
         policy,
         SFT(),

@@ -11,11 +11,19 @@ from lightning import LightningDataModule
 from torch.utils.data import Dataset
 
 from lightning_pref.data.pickapic import PickAPicDataModule
+from lightning_pref.data.prompts import PromptDataModule
 from lightning_pref.data.sampler import ResumableDataLoader, ResumableSampler
-from lightning_pref.minipick.world import Scene, caption, render, scenes_for, split_specs
+from lightning_pref.minipick.world import (
+    Scene,
+    caption,
+    prompts,
+    render,
+    scenes_for,
+    split_specs,
+)
 from lightning_pref.types import ImagePairBatch
 
-__all__ = ["MiniPickDataModule", "SceneDataModule"]
+__all__ = ["MiniPickDataModule", "MiniPickPromptDataModule", "SceneDataModule"]
 
 
 def _seed_of(*parts: object) -> int:
@@ -158,3 +166,36 @@ class MiniPickDataModule(PickAPicDataModule):
     def pairs_path(self) -> Path:
         """Folder of the parquet shards."""
         return self.assets.pairs_dir(build=False)
+
+
+class MiniPickPromptDataModule(PromptDataModule):
+    """MiniPick prompts for on-policy methods: the training split, validated on held-out prompts.
+
+    Args:
+        batch_size: prompts per generation round and per device.
+        val_batch_size: prompts per validation round; default ``batch_size``.
+        max_val_prompts: use only the first this many validation prompts.
+        seed: seed of the shuffle.
+        train_split: MiniPick prompt split to train on.
+        val_split: prompt split to validate on (None: no validation).
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        val_batch_size: int | None = None,
+        max_val_prompts: int | None = None,
+        seed: int = 0,
+        train_split: str = "train",
+        val_split: str | None = "validation",
+    ) -> None:
+        super().__init__(None, None, batch_size, val_batch_size, max_val_prompts, seed)
+        self.train_split, self.val_split = train_split, val_split
+
+    def load_train(self) -> list[str]:
+        """The MiniPick prompts of ``train_split``."""
+        return prompts(self.train_split)
+
+    def load_val(self) -> list[str] | None:
+        """The MiniPick prompts of ``val_split``, or None."""
+        return None if self.val_split is None else prompts(self.val_split)

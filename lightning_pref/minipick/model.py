@@ -48,7 +48,7 @@ def minipick_tokenizer() -> PreTrainedTokenizerFast:
 
 def build_minipick_components(
     image_size: int = 16,
-    block_out_channels: tuple[int, ...] = (64, 96, 128),
+    block_out_channels: tuple[int, ...] = (32, 64, 64),
     text_dim: int = 64,
     seed: int = 0,
 ) -> DiffusionComponents:
