@@ -103,6 +103,7 @@ class StepPoolModule(PreferenceModule):
         return self.pool.generate(self.policy, batch.captions, generator)
 
     def _log_pool(self, stage: str, pool: StepPool) -> None:
+        # reduced across ranks even per step: every rank generates its own share of the round
         for key, value in pool.stats().items():
             on_step = stage == "train"
             self.log(
@@ -110,7 +111,7 @@ class StepPoolModule(PreferenceModule):
                 value,
                 on_step=on_step,
                 on_epoch=not on_step,
-                sync_dist=not on_step,
+                sync_dist=True,
                 batch_size=len(pool.final_scores),
                 prog_bar=key == "final_score",
             )
