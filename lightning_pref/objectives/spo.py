@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -14,14 +16,16 @@ __all__ = ["SPO", "clamped_log_ratio", "step_metrics"]
 def clamped_log_ratio(logp: Tensor, ref_logp: Tensor, clip: float | None) -> Tensor:
     """``log clamp(exp(logp − ref_logp), 1 − clip, 1 + clip)`` per pair, ``[B]``.
 
-    Computed through the ratio as the official code does, so the gradient is exactly zero once the
-    ratio leaves ``[1 − clip, 1 + clip]`` (a hard trust region, no PPO-style ``min``).
-    ``clip=None`` returns the plain log-ratio.
+    Evaluated in log space, ``clamp(logp − ref_logp, log(1 − clip), log(1 + clip))``: the same values
+    and gradients as the official ratio form (exactly zero once the ratio leaves
+    ``[1 − clip, 1 + clip]``: a hard trust region, no PPO-style ``min``) without overflowing ``exp``
+    when a transition's log-density moves a lot (small σ on the last steps). ``clip=None`` returns
+    the plain log-ratio.
     """
-    ratio = (logp - ref_logp).exp()
-    if clip is not None:
-        ratio = ratio.clamp(1.0 - clip, 1.0 + clip)
-    return ratio.log()
+    log_ratio = logp - ref_logp
+    if clip is None:
+        return log_ratio
+    return log_ratio.clamp(math.log1p(-clip), math.log1p(clip))
 
 
 class SPO(StepObjective):

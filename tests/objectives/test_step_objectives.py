@@ -110,3 +110,13 @@ def test_loss_falls_when_policy_favours_winner(objective_cls):
 def test_bad_clip_is_rejected():
     with pytest.raises(ValueError, match="clip"):
         SPO(clip=1.5)
+
+
+@pytest.mark.parametrize("objective_cls", STEP_OBJECTIVES, ids=lambda c: c.__name__)
+def test_large_log_ratios_stay_finite(objective_cls):
+    """A log-ratio of ±200 (exp overflows float32) must give a finite loss and gradient."""
+    logp_w = torch.tensor([200.0], requires_grad=True)
+    zero = torch.zeros(1)
+    out = objective_cls()(StepPair(logp_w, zero - 200.0, zero, zero, zero.long()))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(logp_w.grad).all()
