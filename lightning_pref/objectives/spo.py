@@ -16,8 +16,8 @@ __all__ = ["SPO", "clamped_log_ratio", "step_metrics"]
 def clamped_log_ratio(logp: Tensor, ref_logp: Tensor, clip: float | None) -> Tensor:
     """``log clamp(exp(logp − ref_logp), 1 − clip, 1 + clip)`` per pair, ``[B]``.
 
-    Evaluated in log space, ``clamp(logp − ref_logp, log(1 − clip), log(1 + clip))``: the same values
-    and gradients as the official ratio form (exactly zero once the ratio leaves
+    Evaluated in log space, ``clamp(logp − ref_logp, log(1 − clip), log(1 + clip))``: the same
+    values and gradients as the official ratio form (exactly zero once the ratio leaves
     ``[1 − clip, 1 + clip]``: a hard trust region, no PPO-style ``min``) without overflowing ``exp``
     when a transition's log-density moves a lot (small σ on the last steps). ``clip=None`` returns
     the plain log-ratio.
