@@ -164,3 +164,35 @@ def test_prompt_batch_type():
     module = make_module(num_steps=5)
     pool = module.generate_pool(PromptBatch(CAPTIONS[:2]), torch.Generator().manual_seed(0))
     assert len(pool) == 2 * 4  # t = 601, 401, 201, 1
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path):
+    """Rounds are seeded by (seed, epoch, round, rank): a run stopped after one epoch and resumed
+    from its checkpoint ends with exactly the weights of an uninterrupted two-epoch run."""
+
+    def run(max_epochs):
+        module = make_module(TailorPO(), num_steps=5)
+        trainer = fit(module, max_steps=-1, max_epochs=max_epochs, limit_val_batches=0)
+        return module, trainer
+
+    full, _ = run(2)
+    _, trainer = run(1)
+    ckpt = tmp_path / "part.ckpt"
+    trainer.save_checkpoint(ckpt)
+    resumed = make_module(TailorPO(), num_steps=5)
+    data = PromptDataModule(train_prompts=CAPTIONS, val_prompts=CAPTIONS[:2], batch_size=2)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(resumed, data, ckpt_path=str(ckpt))
+    assert trainer.global_step > 0
+    after = resumed.policy.unet.state_dict()
+    for name, value in full.policy.unet.state_dict().items():
+        assert torch.equal(value, after[name]), name
