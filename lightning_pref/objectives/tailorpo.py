@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
-from lightning_pref.objectives.base import StepObjective
-from lightning_pref.objectives.spo import clamped_log_ratio, step_metrics
-from lightning_pref.types import ObjectiveOutput, StepPair
+from lightning_pref.objectives.spo import SPO
 
 __all__ = ["TailorPO"]
 
 
-class TailorPO(StepObjective):
+class TailorPO(SPO):
     """TailorPO (Ren et al., arXiv 2502.01667), reconstructed from the abstract (METHODS §3).
 
     The paper's point is on the data side: the two transitions of a pair start from the *same*
@@ -30,21 +26,12 @@ class TailorPO(StepObjective):
       hard ratio clamp zeroes that gradient for pairs that moved more than ``clip``, so it is off
       by default and available for ablations (``clip=0.1`` gives exactly SPO's loss).
 
+    The loss is SPO's with the clamp optional, so the class reuses :class:`SPO`'s ``forward``.
+
     Args:
         beta: β, the scale of the log-ratio difference.
         clip: optional ratio clamp as in :class:`~lightning_pref.objectives.SPO`.
     """
 
     def __init__(self, beta: float = 10.0, clip: float | None = None) -> None:
-        super().__init__()
-        if clip is not None and not 0.0 < clip < 1.0:
-            raise ValueError(f"clip must be in (0, 1) or None, got {clip}")
-        self.beta = beta
-        self.clip = clip
-
-    def forward(self, pair: StepPair) -> ObjectiveOutput:
-        """Return the TailorPO loss with the ratio metrics."""
-        log_r_w = clamped_log_ratio(pair.logp_w, pair.ref_logp_w, self.clip)  # [B]
-        log_r_l = clamped_log_ratio(pair.logp_l, pair.ref_logp_l, self.clip)  # [B]
-        inside = self.beta * (log_r_w - log_r_l)  # [B]
-        return ObjectiveOutput(-F.logsigmoid(inside).mean(), step_metrics(pair, self.clip))
+        super().__init__(beta=beta, clip=clip)
