@@ -1,4 +1,9 @@
-"""Command line: ``python -m lightning_pref {fit,validate,test} --config X.yaml``."""
+"""Command line: ``python -m lightning_pref {fit,validate,test} --config X.yaml``.
+
+Plus non-Trainer subcommands: ``evaluate`` (:mod:`lightning_pref.runs`), ``score-pairs``
+(:func:`lightning_pref.data.scored.score_pairs_main`) and ``leaderboard``
+(:mod:`lightning_pref.leaderboard`).
+"""
 
 from __future__ import annotations
 
@@ -127,6 +132,16 @@ def main(args: list[str] | None = None) -> None:
             from lightning_pref.evaluation import evaluate_main
 
             evaluate_main(list(argv[1:]))
+            return
+        if argv and argv[0] == "leaderboard":  # runs fit subprocesses: lightning_pref.leaderboard
+            from lightning_pref.leaderboard import leaderboard_main
+
+            leaderboard_main(list(argv[1:]))
+            return
+        if argv and argv[0] == "score-pairs":  # offline scoring for ScoreLabels (SmPO)
+            from lightning_pref.data.scored import score_pairs_main
+
+            score_pairs_main(list(argv[1:]))
             return
         PreferenceCLI(args=args)
     except argparse.ArgumentError as err:

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 __all__ = [
+    "DenoiseLabeled",
     "DenoisePair",
+    "ImageLabelBatch",
     "ImagePairBatch",
     "ObjectiveOutput",
     "PairBatch",
@@ -34,6 +36,16 @@ class ImagePairBatch:
     pixels_l: Tensor  # [B, 3, H, W] rejected image in [-1, 1]
     captions: list[str]  # B captions; "" where empty-prompt dropout fired
     pref_prob: Tensor  # [B] P(w ≻ l); 1.0 for hard labels
+    num_skipped: int = 0  # corrupt rows dropped while building this batch
+
+
+@dataclass
+class ImageLabelBatch:
+    """Single images with per-image binary labels (unpaired feedback, Diffusion-KTO)."""
+
+    pixels: Tensor  # [N, 3, H, W] in [-1, 1]
+    captions: list[str]  # N captions
+    labels: Tensor  # [N] +1 desirable, -1 undesirable
     num_skipped: int = 0  # corrupt rows dropped while building this batch
 
 
@@ -59,6 +71,17 @@ class DenoisePair:
     ref_pred_l: Tensor | None
     timesteps: Tensor  # [B]
     pref_prob: Tensor  # [B]
+
+
+@dataclass(frozen=True)
+class DenoiseLabeled:
+    """Denoiser outputs for noised single images with per-image labels (Diffusion-KTO)."""
+
+    pred: Tensor  # [N, C, h, w] policy output
+    target: Tensor  # [N, C, h, w] eps or v target
+    ref_pred: Tensor | None  # [N, C, h, w]; None iff the objective is reference-free
+    labels: Tensor  # [N] +1 desirable, -1 undesirable
+    timesteps: Tensor  # [N]
 
 
 @dataclass

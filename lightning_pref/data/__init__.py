@@ -11,12 +11,24 @@ from lightning_pref.data.pairs import (
 from lightning_pref.data.pickapic import REQUIRED_COLUMNS, PickAPicDataModule, resolve_data_files
 from lightning_pref.data.prompts import PromptDataModule, PromptList, load_prompts
 from lightning_pref.data.sampler import ResumableDataLoader, ResumableSampler, ResumableStream
+from lightning_pref.data.scored import (
+    SCORE_COLUMNS,
+    SCORES_FILE,
+    SMPO_SCORE_MAX,
+    SMPO_SCORE_MIN,
+    ScoreLabels,
+    score_pairs,
+)
 from lightning_pref.data.step_pool import StepPool, StepPoolSampler
 from lightning_pref.data.transforms import ImageTransform, decode_image
 
 __all__ = [
     "PICKAPIC_SCHEMA",
     "REQUIRED_COLUMNS",
+    "SCORES_FILE",
+    "SCORE_COLUMNS",
+    "SMPO_SCORE_MAX",
+    "SMPO_SCORE_MIN",
     "ImageTransform",
     "PairBuilder",
     "PairCollate",
@@ -29,10 +41,12 @@ __all__ = [
     "ResumableDataLoader",
     "ResumableSampler",
     "ResumableStream",
+    "ScoreLabels",
     "StepPool",
     "StepPoolSampler",
     "decode_image",
     "load_prompts",
     "resolve_data_files",
+    "score_pairs",
     "write_fake_pickapic",
 ]

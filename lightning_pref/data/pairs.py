@@ -2,8 +2,9 @@
 
 One row of Pick-a-Pic v2 holds ``caption, jpg_0, jpg_1, label_0`` (1/0, or 0.5/0.5 for a tie).
 This is the one place where ``jpg_0/label_0`` become ``_w/_l`` (DiffusionDPO/train.py swaps when
-``label_0 == 0``). A row that cannot be used (undecodable or missing image bytes, a label that is
-not a number in [0, 1]) becomes ``None``; :class:`PairCollate` drops it and counts it in
+``label_0 == 0``; with :class:`~lightning_pref.data.scored.ScoreLabels`, SmPO's scores decide).
+A row that cannot be used (undecodable or missing image bytes, a label that is not a number in
+[0, 1], a NaN score) becomes ``None``; :class:`PairCollate` drops it and counts it in
 ``ImagePairBatch.num_skipped``, so a bad row never stops training.
 """
 
@@ -21,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from lightning_pref.data.sampler import dist_rank_world
+from lightning_pref.data.scored import ScoreLabels
 from lightning_pref.data.transforms import ImageTransform, decode_image
 from lightning_pref.types import ImagePairBatch
 
@@ -44,7 +46,7 @@ class PairSample:
     pixels_w: Tensor  # [3, H, W] preferred image in [-1, 1]
     pixels_l: Tensor  # [3, H, W]
     caption: str  # "" where empty-prompt dropout fired
-    pref_prob: float  # P(w ≻ l): 1.0 for hard labels, 0.5 for a kept tie
+    pref_prob: float  # P(w ≻ l): 1.0 hard, 0.5 kept tie, sigmoid(n_w - n_l) score labels
 
 
 def label_status(value: Any) -> str:
@@ -71,27 +73,45 @@ class PairBuilder:
     """Applied to the winner, then the loser, with the same generator (independent draws)."""
     proportion_empty_prompts: float = 0.0
     """Probability that the caption becomes "" (one draw per pair; 0 for validation)."""
+    score_labels: ScoreLabels | None = None
+    """SmPO: order by ``score_0``/``score_1`` and smooth ``pref_prob`` (resolved constants)."""
+
+    def order(self, row: Mapping[str, Any]) -> tuple[bool, float]:
+        """``(swap, pref_prob)``: ``swap`` means ``jpg_1`` is the winner.
+
+        Without ``score_labels``: the human label (DiffusionDPO swaps when ``label_0 < 0.5``)
+        and ``pref_prob = max(label_0, 1 - label_0)``. With it: human ties are refused and the
+        scores decide (:meth:`ScoreLabels.label`).
+
+        Raises:
+            ValueError: If the label (or, with ``score_labels``, a score) is unusable.
+        """
+        status = label_status(row["label_0"])
+        if status == "bad":
+            raise ValueError(f"label_0 is not a number in [0, 1]: {row['label_0']!r}")
+        label_0 = float(row["label_0"])
+        if self.score_labels is None:
+            return label_0 < 0.5, max(label_0, 1.0 - label_0)
+        if status != "hard":
+            raise ValueError(f"label_0 is a tie ({label_0}); score labels need 0 or 1")
+        return self.score_labels.label(row.get("score_0"), row.get("score_1"))
 
     def __call__(self, row: Mapping[str, Any], rng: np.random.Generator) -> PairSample:
         """Builds the pair.
 
         Args:
-            row: A Pick-a-Pic row with ``caption, jpg_0, jpg_1, label_0``.
+            row: A Pick-a-Pic row with ``caption, jpg_0, jpg_1, label_0`` (and ``score_0,
+                score_1`` with ``score_labels``).
             rng: Generator for the dropout draw, then the winner's and the loser's transforms.
 
         Returns:
             The decoded pair.
 
         Raises:
-            ValueError: If the label or an image is unusable (the caller skips the row).
+            ValueError: If the label, a score or an image is unusable (the caller skips the row).
         """
-        if label_status(row["label_0"]) == "bad":
-            raise ValueError(f"label_0 is not a number in [0, 1]: {row['label_0']!r}")
-        label_0 = float(row["label_0"])
-        jpg_w, jpg_l = (
-            (row["jpg_0"], row["jpg_1"]) if label_0 >= 0.5 else (row["jpg_1"], row["jpg_0"])
-        )
-        pref_prob = max(label_0, 1.0 - label_0)
+        swap, pref_prob = self.order(row)
+        jpg_w, jpg_l = (row["jpg_1"], row["jpg_0"]) if swap else (row["jpg_0"], row["jpg_1"])
         caption = "" if row["caption"] is None else str(row["caption"])
         if rng.random() < self.proportion_empty_prompts:
             caption = ""

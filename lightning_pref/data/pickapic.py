@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from lightning_pref.data.pairs import PairBuilder, PairCollate, PickAPicPairs, PickAPicStream
 from lightning_pref.data.sampler import ResumableDataLoader, ResumableSampler
+from lightning_pref.data.scored import ScoreLabels, check_score_columns
 from lightning_pref.data.transforms import ImageTransform
 from lightning_pref.errors import DataError
 
@@ -62,8 +64,8 @@ def resolve_data_files(spec: str | list[str], arg: str = "train_files") -> list[
     return files
 
 
-def _check_parquet_columns(files: list[str]) -> None:
-    """Raises ``DataError`` naming the first file that lacks a required column."""
+def _check_parquet_columns(files: list[str], scored: bool = False) -> None:
+    """Raises ``DataError`` naming the first file that lacks a required (or score) column."""
     import pyarrow.parquet as pq
 
     for file in files:
@@ -77,6 +79,8 @@ def _check_parquet_columns(files: list[str]) -> None:
                 f"'{file}' is missing the column(s) {', '.join(missing)} "
                 f"(Pick-a-Pic v2 needs {', '.join(REQUIRED_COLUMNS)})"
             )
+        if scored:
+            check_score_columns(sorted(names), f"'{file}'")
 
 
 def _local_split_files(folder: str, split: str) -> list[str]:
@@ -147,6 +151,7 @@ class PickAPicDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         max_val_pairs: int | None = None,
+        score_labels: ScoreLabels | None = None,
     ) -> None:
         """Configures the data; nothing is read until ``setup``.
 
@@ -169,9 +174,20 @@ class PickAPicDataModule(L.LightningDataModule):
             num_workers: DataLoader worker processes.
             seed: Seed of the shuffle and of every per-sample random draw.
             max_val_pairs: Use only the first this many validation pairs.
+            score_labels: SmPO's label smoothing (METHODS §4.1), for training and validation:
+                human ties are dropped (whatever ``drop_ties`` says), the higher ``score_0``/
+                ``score_1`` wins and ``pref_prob = sigmoid(n_w - n_l)``. The shards need those
+                columns (``python -m lightning_pref score-pairs``); None constants are read from
+                their ``scores.json`` at setup.
         """
         super().__init__()
-        self.save_hyperparameters()
+        if isinstance(score_labels, dict):  # hparams of a checkpoint hold it as a plain dict
+            score_labels = ScoreLabels(**score_labels)
+        # A plain dict in hparams, so checkpoints stay loadable with weights_only=True.
+        self.save_hyperparameters(ignore=["score_labels"])
+        self.hparams["score_labels"] = None if score_labels is None else asdict(score_labels)
+        self.score_labels = score_labels
+        self._labels: ScoreLabels | None = None  # score_labels with resolved constants
         self.train_files, self.val_files, self.dataset_name = train_files, val_files, dataset_name
         self.train_split, self.val_split, self.streaming = train_split, val_split, streaming
         self.resolution, self.random_crop, self.hflip = resolution, random_crop, hflip
@@ -179,30 +195,49 @@ class PickAPicDataModule(L.LightningDataModule):
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.seed, self.max_val_pairs = num_workers, seed, max_val_pairs
 
-    def _load(self, files: str | list[str] | None, split: str, arg: str) -> Any:
-        """Returns the ``datasets`` object of one split, or None if no source is configured."""
-        import datasets
-
-        if files is None and self.dataset_name is None:
-            return None
+    def _paths(self, files: str | list[str] | None, split: str, arg: str) -> list[str] | None:
+        """The parquet files of one split; None for a hub dataset (or no source at all)."""
         if files is not None:
-            paths = resolve_data_files(files, arg)
-        elif os.path.isdir(os.path.expanduser(self.dataset_name or "")):
-            paths = _local_split_files(os.path.expanduser(str(self.dataset_name)), split)
-        elif str(self.dataset_name).startswith((".", "/", "~")) or str(self.dataset_name).endswith(
+            return resolve_data_files(files, arg)
+        if self.dataset_name is None:
+            return None
+        if os.path.isdir(os.path.expanduser(self.dataset_name)):
+            return _local_split_files(os.path.expanduser(str(self.dataset_name)), split)
+        if str(self.dataset_name).startswith((".", "/", "~")) or str(self.dataset_name).endswith(
             ".parquet"
         ):
             raise DataError(
                 f"dataset_name: the data path '{self.dataset_name}' does not exist; pass an "
                 "existing folder, a hub name, or files with --data.init_args.train_files"
             )
-        else:
-            return _load_hub(str(self.dataset_name), split, self.streaming)
-        _check_parquet_columns(paths)
+        return None
+
+    def _load(self, files: str | list[str] | None, split: str, arg: str) -> Any:
+        """Returns the ``datasets`` object of one split, or None if no source is configured."""
+        import datasets
+
+        if files is None and self.dataset_name is None:
+            return None
+        paths = self._paths(files, split, arg)
+        if paths is None:
+            source = _load_hub(str(self.dataset_name), split, self.streaming)
+            if self.score_labels is not None:
+                check_score_columns(source.column_names or [], f"dataset '{self.dataset_name}'")
+            return source
+        _check_parquet_columns(paths, scored=self.score_labels is not None)
         data_files = {"train": paths}
         return datasets.load_dataset(
             "parquet", data_files=data_files, split="train", streaming=self.streaming
         )
+
+    def _resolve_labels(self) -> ScoreLabels | None:
+        """``score_labels`` with None constants read from the training (else validation) data."""
+        if self.score_labels is None:
+            return None
+        paths = self._paths(self.train_files, self.train_split, "train_files")
+        if paths is None and self.train_files is None:
+            paths = self._paths(self.val_files, self.val_split, "val_files")
+        return self.score_labels.resolve(paths or [])
 
     def prepare_data(self) -> None:
         """Converts non-streaming data to Arrow once (rank 0) and checks paths and schemas."""
@@ -226,22 +261,26 @@ class PickAPicDataModule(L.LightningDataModule):
 
     def _make_set(self, source: Any, train: bool) -> PairData:
         """Wraps a ``datasets`` split with the training or the validation preprocessing."""
+        if self.score_labels is not None and self._labels is None:  # after the column checks
+            self._labels = self._resolve_labels()
         transform = ImageTransform(
             self.resolution, random_crop=train and self.random_crop, hflip=train and self.hflip
         )
-        build = PairBuilder(transform, self.proportion_empty_prompts if train else 0.0)
+        empty = self.proportion_empty_prompts if train else 0.0
+        build = PairBuilder(transform, empty, score_labels=self._labels)
         max_pairs = None if train else self.max_val_pairs
+        drop_ties = self.drop_ties or self._labels is not None  # SmPO drops human ties
         if not self.streaming:
-            return PickAPicPairs(source, build, self.seed, self.drop_ties, max_pairs)
+            return PickAPicPairs(source, build, self.seed, drop_ties, max_pairs)
         if train:
-            return PickAPicStream(source, build, self.seed, drop_ties=self.drop_ties)
+            return PickAPicStream(source, build, self.seed, drop_ties=drop_ties)
         # Validation is not sharded and keeps file order; max_pairs caps each worker's stream.
         return PickAPicStream(
             source,
             build,
             self.seed,
             False,
-            drop_ties=self.drop_ties,
+            drop_ties=drop_ties,
             max_pairs=max_pairs,
             rank=0,
             world_size=1,

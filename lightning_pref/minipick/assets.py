@@ -132,6 +132,22 @@ def ensure_asset(folder: Path, build: Callable[[Path], dict], what: str) -> Path
     return folder
 
 
+def _score_pairs(pairs: Path, proxy: Path, out: Path) -> dict:
+    """Scores every MiniPick pair with the proxy reward on the CPU (small images and model)."""
+    import torch
+
+    from lightning_pref.data.scored import score_pairs
+    from lightning_pref.minipick.proxy import MiniPickScore
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in train_proxy: tiny convs gain nothing from more threads
+    try:
+        stats = score_pairs(str(pairs), str(out), MiniPickScore.from_pretrained(proxy), 256, "cpu")
+    finally:
+        torch.set_num_threads(threads)
+    return {k: v for k, v in stats.items() if k != "files"}
+
+
 class MiniPickAssets:
     """Paths to (and builders of) the MiniPick assets in one data directory.
 
@@ -179,6 +195,19 @@ class MiniPickAssets:
         return ensure_asset(
             folder, lambda tmp: train_proxy(pairs, tmp, self.settings), "proxy reward"
         )
+
+    def scored_pairs_dir(self, build: bool = True) -> Path:
+        """The pairs with ``score_0``/``score_1`` from the proxy reward, for SmPO's ScoreLabels.
+
+        Same shards and rows as :meth:`pairs_dir` plus the score columns and ``scores.json``
+        (:func:`~lightning_pref.data.scored.score_pairs` with :class:`MiniPickScore`). The key is
+        the pairs' key (the proxy is trained on, and keyed by, the same settings).
+        """
+        folder = self.root / f"scored-{self.settings.key(*_PAIR_FIELDS)}"
+        if not build:
+            return folder
+        pairs, proxy = self.pairs_dir(build=True), self.proxy_dir(build=True)
+        return ensure_asset(folder, lambda tmp: _score_pairs(pairs, proxy, tmp), "scored pairs")
 
     def spm_dir(self, build: bool = True) -> Path:
         """The step-aware MiniPickScore (SPO's SPM), trained from the proxy on the pairs' x̂0."""

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from lightning_pref.data.pickapic import PickAPicDataModule
 from lightning_pref.data.prompts import PromptDataModule
 from lightning_pref.data.sampler import ResumableDataLoader, ResumableSampler
+from lightning_pref.data.scored import ScoreLabels
 from lightning_pref.minipick.world import (
     Scene,
     caption,
@@ -124,6 +125,10 @@ class MiniPickDataModule(PickAPicDataModule):
         val_split: which validation shard to validate on (``validation`` or
             ``validation_unique``).
         max_val_pairs: cap on validation pairs.
+        score_labels: SmPO's label smoothing: train on a copy of the pairs scored by the proxy
+            reward (MiniPickScore; built on first use, see ``MiniPickAssets.scored_pairs_dir``).
+            The proxy is not on PickScore's scale, so pass ``{score_min: null, score_max: null}``
+            (the observed range, from the copy's ``scores.json``), not SmPO's defaults.
     """
 
     def __init__(
@@ -136,11 +141,13 @@ class MiniPickDataModule(PickAPicDataModule):
         seed: int = 0,
         val_split: str = "validation",
         max_val_pairs: int | None = None,
+        score_labels: ScoreLabels | None = None,
     ) -> None:
         from lightning_pref.minipick.assets import MiniPickAssets
 
         self.assets = MiniPickAssets(data_dir)
-        pairs = self.assets.pairs_dir(build=False)
+        self.scored = score_labels is not None
+        pairs = self._pairs(build=False)
         super().__init__(
             train_files=str(pairs / "train"),
             val_files=str(pairs / val_split),
@@ -151,21 +158,26 @@ class MiniPickDataModule(PickAPicDataModule):
             num_workers=num_workers,
             seed=seed,
             max_val_pairs=max_val_pairs,
+            score_labels=score_labels,
         )
+
+    def _pairs(self, build: bool) -> Path:
+        """The pairs folder in use: the proxy-scored copy with ``score_labels``, else the pairs."""
+        return self.assets.scored_pairs_dir(build) if self.scored else self.assets.pairs_dir(build)
 
     def prepare_data(self) -> None:
         """Build the base model and the pairs if the cache lacks them (one process builds)."""
-        self.assets.pairs_dir(build=True)
+        self._pairs(build=True)
 
     def setup(self, stage: str | None = None) -> None:
         """Make sure the pairs exist (also in processes that skipped ``prepare_data``)."""
-        self.assets.pairs_dir(build=True)
+        self._pairs(build=True)
         super().setup(stage)
 
     @property
     def pairs_path(self) -> Path:
-        """Folder of the parquet shards."""
-        return self.assets.pairs_dir(build=False)
+        """Folder of the parquet shards (the scored copy with ``score_labels``)."""
+        return self._pairs(build=False)
 
 
 class MiniPickPromptDataModule(PromptDataModule):

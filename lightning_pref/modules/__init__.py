@@ -3,5 +3,6 @@
 from lightning_pref.modules.base import PreferenceModule
 from lightning_pref.modules.offline import OfflinePairModule
 from lightning_pref.modules.online import StepPoolModule
+from lightning_pref.modules.unpaired import UnpairedModule
 
-__all__ = ["OfflinePairModule", "PreferenceModule", "StepPoolModule"]
+__all__ = ["OfflinePairModule", "PreferenceModule", "StepPoolModule", "UnpairedModule"]

@@ -54,7 +54,7 @@ class PreferenceModule(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
-            ignore=["policy", "objective", "pool", "optimizer", "lr_scheduler"]
+            ignore=["policy", "objective", "pool", "noising", "optimizer", "lr_scheduler"]
         )
         self.policy = policy
         self.objective = objective

@@ -7,6 +7,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_pref.errors import TrainingDivergedError
+from lightning_pref.models.noising import NoisingStrategy
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.modules.base import PreferenceModule, ReferenceMode
 from lightning_pref.objectives.base import PairObjective
@@ -32,6 +33,8 @@ class OfflinePairModule(PreferenceModule):
         shared_timestep: winner and loser get the same t (official: True).
         shared_noise: winner and loser get the same ε (official: True).
         timestep_range: sample t uniformly in ``[low, high)``; None = the full schedule.
+        noising: how x0 becomes x_t and the target (forward noising, DDIM or ReNoise
+            inversion, ...); None = the objective's own (``objective.default_noising()``).
     """
 
     def __init__(
@@ -45,11 +48,13 @@ class OfflinePairModule(PreferenceModule):
         shared_timestep: bool = True,
         shared_noise: bool = True,
         timestep_range: tuple[int, int] | None = None,
+        noising: NoisingStrategy | None = None,
     ) -> None:
         super().__init__(policy, objective, optimizer, lr_scheduler, reference, seed)
         self.shared_timestep = shared_timestep
         self.shared_noise = shared_noise
         self.timestep_range = timestep_range
+        self.noising = noising if noising is not None else objective.default_noising()
 
     def to_latents(self, batch: ImagePairBatch, generator: torch.Generator) -> PairBatch:
         """Encode images (VAE posterior sample) and captions (frozen text encoder)."""
@@ -68,6 +73,13 @@ class OfflinePairModule(PreferenceModule):
         low, high = self.timestep_range or (0, self.policy.num_train_timesteps)
         return torch.randint(low, high, (n,), generator=generator, device=self.device)
 
+    def noise(
+        self, x0: Tensor, t: Tensor, noise: Tensor, embeds: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """``(x_t, target)`` from the noising strategy (inversion runs the policy, no grad)."""
+        noised = self.noising(self.policy, x0, t, noise, embeds, generator)
+        return noised.x_t, noised.target
+
     def denoise_pair(self, pairs: PairBatch, generator: torch.Generator) -> DenoisePair:
         """Noise the pair, run policy (and reference if needed), return what the objective reads."""
         if not self.objective.uses_loser:
@@ -79,9 +91,8 @@ class OfflinePairModule(PreferenceModule):
         shape = (bsz if self.shared_noise else 2 * bsz, *x0.shape[1:])
         noise = torch.randn(shape, generator=generator, device=self.device, dtype=x0.dtype)
         noise = noise.repeat(2, 1, 1, 1) if self.shared_noise else noise  # [2B, C, h, w]
-        x_t = self.policy.add_noise(x0, noise, t)
-        target = self.policy.training_target(x0, noise, t)  # [2B, C, h, w]
         embeds = pairs.prompt_embeds.repeat(2, 1, 1)  # [2B, L, D]
+        x_t, target = self.noise(x0, t, noise, embeds, generator)  # [2B, C, h, w] each
         pred = self.policy(x_t, t, embeds)  # [2B, C, h, w]
         ref_w = ref_l = None
         if self.objective.requires_reference:
@@ -97,13 +108,16 @@ class OfflinePairModule(PreferenceModule):
         x0 = pairs.latents_w  # [B, C, h, w]
         t = self.sample_timesteps(x0.shape[0], generator)
         noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
-        x_t = self.policy.add_noise(x0, noise, t)
+        x_t, target = self.noise(x0, t, noise, pairs.prompt_embeds, generator)
         pred = self.policy(x_t, t, pairs.prompt_embeds)
-        target = self.policy.training_target(x0, noise, t)
         ref = None
         if self.objective.requires_reference:
             ref = self.reference_predict(x_t, t, pairs.prompt_embeds)
         return DenoisePair(pred, pred, target, target, ref, ref, t, pairs.pref_prob)
+
+    def batch_size(self, batch: ImagePairBatch) -> int:
+        """Pairs in the batch; 0 (every row corrupt) means skip."""
+        return batch.pixels_w.shape[0]
 
     def shared_step(self, batch: ImagePairBatch, stage: str, batch_idx: int) -> ObjectiveOutput:
         """Encode, noise, denoise and score one batch."""
@@ -115,7 +129,7 @@ class OfflinePairModule(PreferenceModule):
         self.rows_skipped += batch.num_skipped
         if batch.num_skipped:
             self.log("train/rows_skipped", float(self.rows_skipped), on_step=True)
-        bsz = batch.pixels_w.shape[0]
+        bsz = self.batch_size(batch)
         if bsz == 0:
             return None
         out = self.shared_step(batch, "train", batch_idx)
@@ -130,12 +144,12 @@ class OfflinePairModule(PreferenceModule):
 
     def validation_step(self, batch: ImagePairBatch, batch_idx: int) -> None:
         """Loss and implicit accuracy on fixed seeds."""
-        if batch.pixels_w.shape[0] == 0:
+        if self.batch_size(batch) == 0:
             return
-        self.log_output("val", self.shared_step(batch, "val", batch_idx), batch.pixels_w.shape[0])
+        self.log_output("val", self.shared_step(batch, "val", batch_idx), self.batch_size(batch))
 
     def test_step(self, batch: ImagePairBatch, batch_idx: int) -> None:
         """As validation, logged under ``test/``."""
-        if batch.pixels_w.shape[0] == 0:
+        if self.batch_size(batch) == 0:
             return
-        self.log_output("test", self.shared_step(batch, "test", batch_idx), batch.pixels_w.shape[0])
+        self.log_output("test", self.shared_step(batch, "test", batch_idx), self.batch_size(batch))

@@ -7,11 +7,12 @@ from typing import ClassVar, Generic, TypeVar
 
 from torch import nn
 
-from lightning_pref.types import DenoisePair, ObjectiveOutput, StepPair
+from lightning_pref.models.noising import ForwardNoising, NoisingStrategy
+from lightning_pref.types import DenoiseLabeled, DenoisePair, ObjectiveOutput, StepPair
 
-__all__ = ["PairObjective", "PreferenceObjective", "StepObjective"]
+__all__ = ["PairObjective", "PreferenceObjective", "StepObjective", "UnpairedObjective"]
 
-PairT = TypeVar("PairT", DenoisePair, StepPair)
+PairT = TypeVar("PairT", DenoisePair, StepPair, DenoiseLabeled)
 
 
 class PreferenceObjective(nn.Module, ABC, Generic[PairT]):
@@ -38,6 +39,21 @@ class PairObjective(PreferenceObjective[DenoisePair], ABC):
     """
 
     uses_loser: ClassVar[bool] = True
+
+    def default_noising(self) -> NoisingStrategy:
+        """How the method's official code noises x0 (forward noising unless overridden).
+
+        The module's ``noising`` argument, when given, replaces it.
+        """
+        return ForwardNoising()
+
+
+class UnpairedObjective(PreferenceObjective[DenoiseLabeled], ABC):
+    """Objective over denoiser outputs of single images with per-image labels (Diffusion-KTO)."""
+
+    def default_noising(self) -> NoisingStrategy:
+        """Forward noising; the module's ``noising`` argument replaces it."""
+        return ForwardNoising()
 
 
 class StepObjective(PreferenceObjective[StepPair], ABC):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from lightning_pref.objectives.base import PairObjective
-from lightning_pref.objectives.functional import per_sample_mse
+from lightning_pref.objectives.functional import dpo_metrics, dpo_terms
 from lightning_pref.types import DenoisePair, ObjectiveOutput
 
 __all__ = ["DiffusionDPO"]
@@ -33,19 +33,7 @@ class DiffusionDPO(PairObjective):
 
     def forward(self, pair: DenoisePair) -> ObjectiveOutput:
         """Return the DPO loss and ``implicit_acc`` plus the four MSEs as metrics."""
-        if pair.ref_pred_w is None or pair.ref_pred_l is None:
-            raise ValueError("DiffusionDPO needs reference predictions (requires_reference=True)")
-        mse_w = per_sample_mse(pair.pred_w, pair.target_w)  # [B]
-        mse_l = per_sample_mse(pair.pred_l, pair.target_l)  # [B]
-        ref_mse_w = per_sample_mse(pair.ref_pred_w, pair.target_w).detach()  # [B]
-        ref_mse_l = per_sample_mse(pair.ref_pred_l, pair.target_l).detach()  # [B]
-        inside = -0.5 * self.beta * ((mse_w - mse_l) - (ref_mse_w - ref_mse_l))  # [B]
+        terms = dpo_terms(pair)
+        inside = -0.5 * self.beta * terms["diff"]  # [B]
         loss = -F.logsigmoid(inside).mean()
-        metrics = {
-            "implicit_acc": (inside > 0).float().mean(),
-            "model_mse_w": mse_w.mean(),
-            "model_mse_l": mse_l.mean(),
-            "ref_mse_w": ref_mse_w.mean(),
-            "ref_mse_l": ref_mse_l.mean(),
-        }
-        return ObjectiveOutput(loss, {k: v.detach() for k, v in metrics.items()})
+        return ObjectiveOutput(loss, dpo_metrics(terms, inside))

@@ -156,6 +156,8 @@ class PickScore(Scorer):
         clip: the CLIP model (PickScore_v1 is CLIP-ViT-H/14).
         tokenizer: its tokenizer; captions are truncated to the text model's context length.
         preprocess: image preprocessing; None = OpenAI CLIP statistics at the vision image size.
+        logit_scale: multiply by ``exp(logit_scale)`` (PickScore_v1: 100). False returns the raw
+            cosine, the scale of SmPO's label-smoothing constants (METHODS §4.1).
     """
 
     def __init__(
@@ -163,9 +165,11 @@ class PickScore(Scorer):
         clip: CLIPModel,
         tokenizer: PreTrainedTokenizerBase,
         preprocess: ClipPreprocess | None = None,
+        logit_scale: bool = True,
     ) -> None:
         super().__init__()
         self.clip = clip
+        self.logit_scale = logit_scale
         self.tokenizer = tokenizer
         size = clip.config.vision_config.image_size
         self.preprocess = preprocess if preprocess is not None else ClipPreprocess(size)
@@ -207,11 +211,16 @@ class PickScore(Scorer):
         txt = self.text_features(captions)  # [N, P]
         img = img / img.norm(dim=-1, keepdim=True)
         txt = txt / txt.norm(dim=-1, keepdim=True)
-        return self.clip.logit_scale.exp() * (img * txt).sum(dim=-1)
+        cosine = (img * txt).sum(dim=-1)  # [N]
+        return self.clip.logit_scale.exp() * cosine if self.logit_scale else cosine
 
     @classmethod
     def from_pretrained(
-        cls, pretrained: str, processor_path: str | None = None, antialias: bool = True
+        cls,
+        pretrained: str,
+        processor_path: str | None = None,
+        antialias: bool = True,
+        logit_scale: bool = True,
     ) -> PickScore:
         """Load a CLIP folder or hub id (``yuvalkirstain/PickScore_v1``), never remote code.
 
@@ -220,12 +229,13 @@ class PickScore(Scorer):
             processor_path: folder or hub id with the tokenizer and ``preprocessor_config.json``
                 (``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` for PickScore_v1); None = ``pretrained``.
             antialias: antialias the bicubic resize (see :class:`ClipPreprocess`).
+            logit_scale: multiply by ``exp(logit_scale)``; False returns the raw cosine.
 
         Raises:
             ModelLoadError: one line naming what is missing and how to fix it.
         """
         clip, tokenizer, preprocess, _ = _load_clip_parts(pretrained, processor_path, antialias)
-        return cls(clip, tokenizer, preprocess)
+        return cls(clip, tokenizer, preprocess, logit_scale)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write CLIP (safetensors), tokenizer and ``preprocessor_config.json`` to ``folder``."""

@@ -23,13 +23,18 @@ class PretrainedPickScore(Scorer):
     Args:
         pretrained: folder or hub id of the CLIP weights (PickScore_v1 by default).
         processor_path: folder or hub id of the tokenizer and preprocessor; None = ``pretrained``.
+        logit_scale: multiply by ``exp(logit_scale)`` (100 for PickScore_v1). False returns the
+            raw cosine, which SmPO's label-smoothing constants (``ScoreLabels``) are for.
     """
 
     def __init__(
-        self, pretrained: str = PICKSCORE, processor_path: str | None = PICKSCORE_PROCESSOR
+        self,
+        pretrained: str = PICKSCORE,
+        processor_path: str | None = PICKSCORE_PROCESSOR,
+        logit_scale: bool = True,
     ) -> None:
         super().__init__()
-        self.model = PickScore.from_pretrained(pretrained, processor_path)
+        self.model = PickScore.from_pretrained(pretrained, processor_path, logit_scale=logit_scale)
         self.model.requires_grad_(False).eval()
 
     def forward(

@@ -8,17 +8,38 @@ import torch
 from torch.testing import assert_close
 
 from lightning_pref import objectives
-from lightning_pref.modules import OfflinePairModule
-from lightning_pref.objectives import SFT, DiffusionDPO, PairObjective
-from lightning_pref.types import DenoisePair
+from lightning_pref.modules import OfflinePairModule, UnpairedModule
+from lightning_pref.objectives import SFT, DiffusionDPO, PairObjective, UnpairedObjective
+from lightning_pref.types import DenoiseLabeled, DenoisePair
 
-PAIR_OBJECTIVES = [
-    getattr(objectives, name)
-    for name in objectives.__all__
-    if inspect.isclass(getattr(objectives, name))
-    and issubclass(getattr(objectives, name), PairObjective)
-    and not inspect.isabstract(getattr(objectives, name))
-]
+
+def _concrete(base: type) -> list[type]:
+    return [
+        getattr(objectives, name)
+        for name in objectives.__all__
+        if inspect.isclass(getattr(objectives, name))
+        and issubclass(getattr(objectives, name), base)
+        and not inspect.isabstract(getattr(objectives, name))
+    ]
+
+
+PAIR_OBJECTIVES = _concrete(PairObjective)
+UNPAIRED_OBJECTIVES = _concrete(UnpairedObjective)
+OFFLINE_OBJECTIVES = PAIR_OBJECTIVES + UNPAIRED_OBJECTIVES
+
+
+def make_labeled(pred, ref, labels, target=0.0) -> DenoiseLabeled:
+    """Single images of shape [1, 1, k] from nested lists, with labels ±1."""
+    pred_t = torch.as_tensor(pred, dtype=torch.float32).reshape(len(pred), 1, 1, -1)
+    ref_t = torch.as_tensor(ref, dtype=torch.float32).reshape(len(ref), 1, 1, -1)
+    n = pred_t.shape[0]
+    return DenoiseLabeled(
+        pred_t,
+        torch.full_like(pred_t, target),
+        ref_t,
+        torch.as_tensor(labels, dtype=torch.float32),
+        torch.zeros(n, dtype=torch.long),
+    )
 
 
 def make_pair(pred_w, pred_l, ref_w, ref_l, target=0.0, pref_prob=1.0) -> DenoisePair:
@@ -40,8 +61,9 @@ def make_pair(pred_w, pred_l, ref_w, ref_l, target=0.0, pref_prob=1.0) -> Denois
     )
 
 
-def test_all_pair_objectives_found():
-    assert {SFT, DiffusionDPO} <= set(PAIR_OBJECTIVES)
+def test_all_offline_objectives_found():
+    names = {c.__name__ for c in OFFLINE_OBJECTIVES}
+    assert {"SFT", "DiffusionDPO", "SmPO", "InPO", "DSPO", "MaPO", "DiffusionKTO"} <= names
 
 
 def test_dpo_exact_value():
@@ -134,9 +156,28 @@ def test_loss_falls_when_policy_favours_winner(objective_cls):
     assert objective(favour_w).loss < objective(favour_l).loss
 
 
-@pytest.mark.parametrize("objective_cls", PAIR_OBJECTIVES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("objective_cls", UNPAIRED_OBJECTIVES, ids=lambda c: c.__name__)
+def test_unpaired_loss_falls_when_policy_favours_desirable(objective_cls):
+    """Two desirable and two undesirable images, reference at distance 1 from the target. A policy
+    that halves the error of the desirable images must score better than one that halves the error
+    of the undesirable ones."""
+    ref = [[1.0, -1.0], [0.5, -0.5], [1.0, 1.0], [-0.5, 0.5]]
+    half = [[v / 2 for v in row] for row in ref]
+    labels = [1, 1, -1, -1]
+    favour_d = make_labeled(half[:2] + ref[2:], ref, labels)
+    favour_u = make_labeled(ref[:2] + half[2:], ref, labels)
+    objective = objective_cls()
+    assert objective(favour_d).loss < objective(favour_u).loss
+
+
+@pytest.mark.parametrize("objective_cls", OFFLINE_OBJECTIVES, ids=lambda c: c.__name__)
 def test_parameters_change_after_two_steps(objective_cls, tiny_policy, image_pair_batch):
-    module = OfflinePairModule(tiny_policy, objective_cls())
+    """Two AdamW steps through the module change most trainable weights and no frozen one (the
+    objective's default noising runs too: DDIM/ReNoise inversion for InPO/SmPO)."""
+    module_cls = (
+        UnpairedModule if issubclass(objective_cls, UnpairedObjective) else OfflinePairModule
+    )
+    module = module_cls(tiny_policy, objective_cls())
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
     frozen = {n: p.detach().clone() for n, p in module.named_parameters() if not p.requires_grad}

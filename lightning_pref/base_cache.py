@@ -1,0 +1,300 @@
+"""Evaluate many tuned runs against one base model, sampling and scoring the base only once.
+
+:func:`lightning_pref.runs.evaluate_run` samples and scores the base model for every run it
+evaluates. A leaderboard compares many runs with the same base on the same prompts and seeds, so
+the base's per-sample scores and its diversity come out the same every time. :class:`BaseCache`
+keeps them, keyed on everything they depend on: the base policy's class and weights, the prompts,
+the number of samples, the evaluation seed, the sampler settings, the batch size, the device and
+each scorer's class and weights. It holds them in memory and, given a folder, as JSON files, so a
+resumed leaderboard reuses them too. A report computed with the cache is identical to the one
+:func:`~lightning_pref.evaluation.evaluate_policies` computes (scores are float64, and JSON keeps
+a float64 exactly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_pref.errors import ConfigError
+from lightning_pref.evaluation import (
+    EvalReport,
+    _diversity,
+    _sample_and_score,
+    _score_stats,
+    _win_stats,
+    default_scorers,
+    implicit_accuracy,
+    sample_plan,
+)
+from lightning_pref.models.policy import DiffusionPolicy
+from lightning_pref.runs import (
+    EvaluateArgs,
+    _image_size,
+    _load_for_eval,
+    _minipick_val_pairs,
+    find_run,
+    read_prompts,
+    run_val_loader,
+)
+from lightning_pref.scoring import Scorer
+
+__all__ = [
+    "BaseCache",
+    "BaseSamples",
+    "BaseUse",
+    "base_key",
+    "evaluate_policies_cached",
+    "evaluate_run_cached",
+    "state_digest",
+]
+
+
+@dataclass(frozen=True)
+class BaseSamples:
+    """What evaluation needs of the base model: its scores and its diversity."""
+
+    scores: dict[str, list[float]]  # per scorer, one score per sample of the sample plan
+    diversity: float | None  # None: diversity not measured
+    seconds: float  # wall time it took to sample and score them
+
+
+@dataclass(frozen=True)
+class BaseUse:
+    """How one evaluation got the base's samples."""
+
+    hit: bool  # True: from the cache
+    seconds: float  # the time sampling the base took (on a hit: the time saved)
+
+
+def state_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's state dict: names, dtypes, shapes and the bytes of every tensor."""
+    digest = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        if not isinstance(value, Tensor):
+            digest.update(f"{name}={value!r}".encode())
+            continue
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        flat = value.detach().cpu().contiguous().reshape(-1)  # [numel]
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _class_name(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def base_key(
+    policy: DiffusionPolicy,
+    prompts: Sequence[str],
+    scorers: dict[str, Scorer],
+    settings: dict[str, Any],
+) -> str:
+    """The cache key of a base model's samples: a hash of everything they depend on.
+
+    Args:
+        policy: the base policy (its class and weights).
+        prompts: the evaluation prompts.
+        scorers: the scorers by name (class and weights of each).
+        settings: the other inputs of sampling and scoring (seed, sampler, batch size, ...).
+    """
+    identity = {
+        "policy": [_class_name(policy), state_digest(policy)],
+        "prompts": list(prompts),
+        "scorers": {name: [_class_name(s), state_digest(s)] for name, s in scorers.items()},
+        "settings": settings,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+class BaseCache:
+    """The base model's samples by :func:`base_key`, in memory and optionally as JSON files.
+
+    Args:
+        folder: where to keep the entries across processes; None keeps them in memory only.
+    """
+
+    def __init__(self, folder: str | Path | None = None) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self._memory: dict[str, BaseSamples] = {}
+
+    def _path(self, key: str) -> Path | None:
+        return self.folder / f"{key[:32]}.json" if self.folder is not None else None
+
+    def get(self, key: str) -> BaseSamples | None:
+        """The entry for ``key``, or None (also for an unreadable or foreign file)."""
+        if key in self._memory:
+            return self._memory[key]
+        path = self._path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            entry = BaseSamples(data["scores"], data["diversity"], float(data["seconds"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if data.get("key") != key:
+            return None
+        self._memory[key] = entry
+        return entry
+
+    def put(self, key: str, entry: BaseSamples) -> None:
+        """Store ``entry``; the file is written under a temporary name, then renamed."""
+        self._memory[key] = entry
+        path = self._path(key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, **asdict(entry)}) + "\n")
+        tmp.replace(path)
+
+
+def _base_samples(
+    base: DiffusionPolicy,
+    plan: tuple[list[str], list[int]],
+    scorers: dict[str, Scorer],
+    diversity_prompts: list[str],
+    settings: dict[str, Any],
+    sampling: dict[str, Any],
+) -> BaseSamples:
+    """Sample and score the base model as :func:`evaluate_policies` does, and time it."""
+    start = time.perf_counter()
+    scores = _sample_and_score(
+        base, plan, scorers, settings["batch_size"], "sampling base", **sampling
+    )
+    k, seed = settings["samples_per_prompt_for_diversity"], settings["seed"]
+    diversity = _diversity(base, diversity_prompts, seed, k, **sampling) if k >= 2 else None
+    lists = {name: [float(v) for v in values.tolist()] for name, values in scores.items()}
+    return BaseSamples(lists, diversity, time.perf_counter() - start)
+
+
+def _report(
+    gold: str,
+    base_s: dict[str, Tensor],
+    tuned_s: dict[str, Tensor],
+    diversity: tuple[float | None, float | None],
+    plan: tuple[list[str], list[int]],
+    sampling: dict[str, Any],
+    seed: int,
+) -> EvalReport:
+    """The :class:`EvalReport` of two models' scores, as ``evaluate_policies`` builds it."""
+    rate, ci, counts = _win_stats(tuned_s[gold], base_s[gold])
+    return EvalReport(
+        gold=gold,
+        win_rate=rate,
+        win_rate_ci=ci,
+        wins=counts[0],
+        ties=counts[1],
+        losses=counts[2],
+        scores={name: _score_stats(base_s[name], tuned_s[name]) for name in tuned_s},
+        diversity_base=diversity[0],
+        diversity_tuned=diversity[1],
+        num_samples=len(plan[0]),
+        num_prompts=len(set(plan[0])),
+        seed=seed,
+        num_steps=sampling["num_steps"],
+        guidance_scale=float(sampling["guidance_scale"]),
+        eta=float(sampling["eta"]),
+    )
+
+
+def evaluate_policies_cached(
+    base: DiffusionPolicy,
+    tuned: DiffusionPolicy,
+    prompts: Sequence[str],
+    scorers: dict[str, Scorer],
+    gold: str,
+    num_samples: int,
+    seed: int,
+    cache: BaseCache,
+    num_steps: int = 10,
+    guidance_scale: float = 5.0,
+    eta: float = 0.0,
+    batch_size: int = 64,
+    samples_per_prompt_for_diversity: int = 4,
+    num_diversity_prompts: int = 8,
+) -> tuple[EvalReport, BaseUse]:
+    """:func:`~lightning_pref.evaluation.evaluate_policies`, with the base's samples from ``cache``.
+
+    The arguments are those of ``evaluate_policies``, plus ``cache``. Returns the same report,
+    and whether the base came from the cache (and how long sampling it took).
+    """
+    if gold not in scorers:
+        raise ConfigError(f"the gold scorer '{gold}' is not among the scorers {sorted(scorers)}")
+    plan = sample_plan(list(prompts), num_samples, seed)
+    sampling = {"num_steps": num_steps, "guidance_scale": guidance_scale, "eta": eta}
+    k = samples_per_prompt_for_diversity
+    subset = list(dict.fromkeys(prompts))[:num_diversity_prompts]
+    settings = {"num_samples": num_samples, "seed": seed, "batch_size": batch_size}
+    settings |= {"samples_per_prompt_for_diversity": k, "num_diversity_prompts": len(subset)}
+    settings |= {"device": str(base.alphas_cumprod.device)}
+    key = base_key(base, prompts, scorers, {**settings, **sampling})
+    entry = cache.get(key)
+    use = BaseUse(entry is not None, entry.seconds if entry is not None else 0.0)
+    if entry is None:
+        entry = _base_samples(base, plan, scorers, subset, settings, sampling)
+        cache.put(key, entry)
+        use = BaseUse(False, entry.seconds)
+    base_s = {name: torch.tensor(v, dtype=torch.float64) for name, v in entry.scores.items()}
+    tuned_s = _sample_and_score(tuned, plan, scorers, batch_size, "sampling tuned", **sampling)
+    diversity = _diversity(tuned, subset, seed, k, **sampling) if k >= 2 else None
+    report = _report(gold, base_s, tuned_s, (entry.diversity, diversity), plan, sampling, seed)
+    return report, use
+
+
+def evaluate_run_cached(args: EvaluateArgs, cache: BaseCache) -> tuple[EvalReport, BaseUse]:
+    """The report of :func:`~lightning_pref.runs.evaluate_run`, with the base from ``cache``.
+
+    Unlike ``evaluate_run`` this writes nothing (no report.json, grid or events) and prints
+    nothing; ``args.out`` is ignored.
+
+    Args:
+        args: what to evaluate and how (as ``python -m lightning_pref evaluate`` takes it).
+        cache: where the base model's samples are looked up and stored.
+    """
+    run = find_run(args.run)
+    if run.ckpt is None:
+        raise ConfigError(f"run '{run.config.parent}' has no checkpoint; pass a .ckpt with --run")
+    base_run = run if args.baseline == "base" else find_run(args.baseline)
+    base_ckpt = None if args.baseline == "base" else base_run.ckpt
+    prompts = read_prompts(args.prompts)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
+    tuned = _load_for_eval(run.config, run.ckpt, device)
+    base = _load_for_eval(base_run.config, base_ckpt, device)
+    loader = None  # read before sampling, so a wrong --val_files fails at once
+    if args.implicit_draws > 0:
+        val_files = args.val_files or _minipick_val_pairs(run.config, tuned.policy)
+        loader = run_val_loader(run.config, val_files, _image_size(tuned.policy))
+    chosen = args.scorers or default_scorers(tuned.policy)
+    scorers = {k: s.to(device) for k, s in chosen.items()}
+    report, use = evaluate_policies_cached(
+        base.policy,
+        tuned.policy,
+        prompts,
+        scorers,
+        args.gold,
+        args.num_samples,
+        args.seed,
+        cache,
+        num_steps=args.num_steps,
+        guidance_scale=args.guidance_scale,
+        eta=args.eta,
+        batch_size=args.batch_size,
+        samples_per_prompt_for_diversity=args.diversity_samples,
+    )
+    if loader is not None:
+        acc = implicit_accuracy(tuned, base.policy, loader, args.seed, args.implicit_draws)
+        report = replace(report, implicit_acc=acc)
+    baseline = str(base_ckpt or "base (no checkpoint)")
+    return replace(report, tuned=str(run.ckpt), baseline=baseline), use
