@@ -52,6 +52,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Job", "LeaderboardArgs", "leaderboard_main", "method_name", "parse_args"]
 
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+MINIPICK_METHODS = (
+    "dpo", "sft", "smpo", "inpo", "dspo", "mapo", "kto", "spo", "tailorpo", "tailorpo_g",
+)  # fmt: skip
+"""The default: every method's MiniPick config, ``experiments/<method>_minipick.yaml``."""
 FIT_MARKER = "leaderboard_fit.json"  # in a run folder: the fit finished (and how long it took)
 _OWN_EVAL_OPTIONS = ("--run", "--out", "--num_samples", "--seed")
 _OWN_FIT_OPTIONS = ("--seed_everything", "--trainer.logger")  # they place the run
@@ -108,8 +113,13 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m lightning_pref leaderboard", description=__doc__.splitlines()[0])
-    p.add_argument("--configs", nargs="+", default=[], help="experiment configs, one per method")
-    p.add_argument("--seeds", nargs="+", type=int, default=[], help="training seeds")
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        default=[],
+        help="experiment configs, one per method (default: every method's MiniPick config)",
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (default 0)")
     p.add_argument("--out", default="results/leaderboard", help="output folder")
     p.add_argument("--num_samples", type=int, default=512, help="evaluation images per model")
     p.add_argument("--eval_seed", type=int, default=0, help="seed of the evaluation samples")
@@ -151,8 +161,11 @@ def _check_eval_args(eval_args: list[str]) -> None:
 def parse_args(argv: list[str]) -> LeaderboardArgs:
     """Parse and check the arguments; errors raise ``ArgumentError`` or ``ConfigError``."""
     ns = _parser().parse_args(argv)
+    configs = list(ns.configs)
+    if not configs and not ns.table_only:  # the table alone reads whatever results exist
+        configs = [str(EXPERIMENTS / f"{method}_minipick.yaml") for method in MINIPICK_METHODS]
     args = LeaderboardArgs(
-        configs=list(ns.configs),
+        configs=configs,
         seeds=list(ns.seeds),
         out=ns.out,
         num_samples=ns.num_samples,
@@ -162,8 +175,8 @@ def parse_args(argv: list[str]) -> LeaderboardArgs:
         force=ns.force,
         table_only=ns.table_only,
     )
-    if not args.table_only and not (args.configs and args.seeds):
-        raise ConfigError("pass --configs and --seeds (or --table_only to rebuild the table)")
+    if not args.seeds:
+        raise ConfigError("pass at least one seed with --seeds")
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds repeats a seed: {args.seeds}")
     if args.num_samples < 1:

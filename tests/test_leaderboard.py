@@ -266,8 +266,7 @@ def test_failures_are_recorded_and_the_exit_code_is_1(fake_jobs, tmp_path, capsy
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "pass --configs and --seeds"),
-        (["--configs", TINY], "pass --configs and --seeds"),
+        (["--configs", TINY, "--seeds"], "expected at least one argument"),
         (["--configs", "nope.yaml", "--seeds", "0"], "config 'nope.yaml' does not exist"),
         (["--configs", TINY, "--seeds", "0", "0"], "--seeds repeats a seed"),
         (["--configs", TINY, TINY, "--seeds", "0"], "are both method 'tiny_dpo'"),
@@ -370,3 +369,14 @@ def read_result(out, name):
 
 def replace_paths(report):
     return {k: v for k, v in report.items() if k != "tuned"}
+
+
+def test_default_is_every_minipick_method_with_seed_0():
+    """No --configs: every method's shipped MiniPick config (all exist), training seed 0."""
+    from lightning_pref.leaderboard import MINIPICK_METHODS, method_name, parse_args
+
+    args = parse_args([])
+    assert args.seeds == [0]
+    assert [method_name(c) for c in args.configs] == list(MINIPICK_METHODS)
+    assert all(Path(c).is_file() for c in args.configs)
+    assert {"smpo", "inpo", "dspo", "mapo", "kto", "dpo"} <= set(MINIPICK_METHODS)

@@ -30,6 +30,7 @@ __all__ = [
     "NoisingStrategy",
     "ReNoiseInversion",
     "invert",
+    "last_grid_point_below",
 ]
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -42,6 +43,7 @@ class NoisedLatents:
 
     x_t: Tensor  # [N, C, h, w] noisy input
     target: Tensor  # [N, C, h, w] ε or v regression target
+    timesteps: Tensor | None = None  # [N] t to give the denoiser; None: the sampled t
 
 
 class NoisingStrategy(ABC):
@@ -84,6 +86,15 @@ def _inverse_scheduler(policy: torch.nn.Module, num_steps: int) -> DDIMInverseSc
     scheduler = DDIMInverseScheduler.from_config(policy.noise_scheduler.config)
     scheduler.set_timesteps(num_steps)
     return scheduler
+
+
+def last_grid_point_below(grid: Tensor, timesteps: Tensor) -> Tensor:
+    """Per image, the largest grid point < t (where :func:`invert` stops); t itself if none is."""
+    grid = grid.to(timesteps.device)
+    below = grid.view(1, -1) < timesteps.view(-1, 1)  # [N, G]
+    last = torch.where(below, grid.view(1, -1), torch.full_like(below, -1, dtype=grid.dtype))
+    top = last.max(dim=1).values  # [N]
+    return torch.where(top >= 0, top, timesteps)
 
 
 def _posterior_std(alphas_cumprod: Tensor, step: int) -> float:
@@ -157,11 +168,12 @@ class _Inversion(NoisingStrategy):
 
     renoise: bool = False
 
-    def __init__(self, num_steps: int, extra_noise: float) -> None:
+    def __init__(self, num_steps: int, extra_noise: float, snap_to_grid: bool = False) -> None:
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         self.num_steps = num_steps
         self.extra_noise = extra_noise
+        self.snap_to_grid = snap_to_grid
         self._scheduler: tuple[int, DDIMInverseScheduler] | None = None
 
     def scheduler_for(self, policy: torch.nn.Module) -> DDIMInverseScheduler:
@@ -171,9 +183,10 @@ class _Inversion(NoisingStrategy):
         return self._scheduler[1]
 
     def __call__(self, policy, x0, timesteps, noise, prompt_embeds, generator=None):  # noqa: D102
+        scheduler = self.scheduler_for(policy)
         x_t = invert(
             policy,
-            self.scheduler_for(policy),
+            scheduler,
             x0,
             timesteps,
             prompt_embeds,
@@ -181,9 +194,13 @@ class _Inversion(NoisingStrategy):
             extra_noise=self.extra_noise,
             generator=generator,
         )
-        a = policy.alphas_cumprod[timesteps].view(-1, *[1] * (x0.dim() - 1)).to(x0.dtype)
+        used = timesteps
+        if self.snap_to_grid:
+            used = last_grid_point_below(scheduler.timesteps, timesteps)
+        a = policy.alphas_cumprod[used].view(-1, *[1] * (x0.dim() - 1)).to(x0.dtype)
         eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()  # [N, C, h, w] per-image noise
-        return NoisedLatents(x_t, policy.training_target(x0, eps, timesteps))
+        target = policy.training_target(x0, eps, used)
+        return NoisedLatents(x_t, target, used if self.snap_to_grid else None)
 
 
 class DDIMInversion(_Inversion):
@@ -192,10 +209,14 @@ class DDIMInversion(_Inversion):
     Args:
         num_steps: grid size of the inverse scheduler (InPO: 10 for SD1.5 and SDXL).
         extra_noise: η of the added ``η · z · sqrt(β̃)`` per step (InPO: 0.1); 0 = deterministic.
+        snap_to_grid: train at the grid point where the inversion stopped (its ā and its t for
+            the denoiser) instead of at the sampled t, as the official code does. Not official.
     """
 
-    def __init__(self, num_steps: int = 10, extra_noise: float = 0.1) -> None:
-        super().__init__(num_steps, extra_noise)
+    def __init__(
+        self, num_steps: int = 10, extra_noise: float = 0.1, snap_to_grid: bool = False
+    ) -> None:
+        super().__init__(num_steps, extra_noise, snap_to_grid)
 
 
 class ReNoiseInversion(_Inversion):
@@ -205,9 +226,10 @@ class ReNoiseInversion(_Inversion):
 
     Args:
         num_steps: grid size (SmPO's code: 5 for SD1.5, 10 for SDXL; the paper says 9).
+        snap_to_grid: as :class:`DDIMInversion`; not official.
     """
 
     renoise = True
 
-    def __init__(self, num_steps: int = 5) -> None:
-        super().__init__(num_steps, 0.0)
+    def __init__(self, num_steps: int = 5, snap_to_grid: bool = False) -> None:
+        super().__init__(num_steps, 0.0, snap_to_grid)

@@ -75,10 +75,14 @@ class OfflinePairModule(PreferenceModule):
 
     def noise(
         self, x0: Tensor, t: Tensor, noise: Tensor, embeds: Tensor, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor]:
-        """``(x_t, target)`` from the noising strategy (inversion runs the policy, no grad)."""
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x_t, target, t)`` from the noising strategy (inversion runs the policy, no grad).
+
+        The returned t is the one to give the denoiser (a strategy may move it to its grid).
+        """
         noised = self.noising(self.policy, x0, t, noise, embeds, generator)
-        return noised.x_t, noised.target
+        used = t if noised.timesteps is None else noised.timesteps
+        return noised.x_t, noised.target, used
 
     def denoise_pair(self, pairs: PairBatch, generator: torch.Generator) -> DenoisePair:
         """Noise the pair, run policy (and reference if needed), return what the objective reads."""
@@ -92,7 +96,7 @@ class OfflinePairModule(PreferenceModule):
         noise = torch.randn(shape, generator=generator, device=self.device, dtype=x0.dtype)
         noise = noise.repeat(2, 1, 1, 1) if self.shared_noise else noise  # [2B, C, h, w]
         embeds = pairs.prompt_embeds.repeat(2, 1, 1)  # [2B, L, D]
-        x_t, target = self.noise(x0, t, noise, embeds, generator)  # [2B, C, h, w] each
+        x_t, target, t = self.noise(x0, t, noise, embeds, generator)  # [2B, C, h, w], [2B]
         pred = self.policy(x_t, t, embeds)  # [2B, C, h, w]
         ref_w = ref_l = None
         if self.objective.requires_reference:
@@ -108,7 +112,7 @@ class OfflinePairModule(PreferenceModule):
         x0 = pairs.latents_w  # [B, C, h, w]
         t = self.sample_timesteps(x0.shape[0], generator)
         noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
-        x_t, target = self.noise(x0, t, noise, pairs.prompt_embeds, generator)
+        x_t, target, t = self.noise(x0, t, noise, pairs.prompt_embeds, generator)
         pred = self.policy(x_t, t, pairs.prompt_embeds)
         ref = None
         if self.objective.requires_reference:

@@ -19,24 +19,38 @@ class DSPO(PairObjective):
     ``loss = mean(((ε_θ^w - ε^w) - β·(1 - σ(inside))·(ε_θ^w - ε_ref^w))²)``, the mean over the
     batch and C, h, w. Gradients flow through ``inside`` and ``ε_θ^w`` (the reference is frozen).
     When β is small (the official 0.001) this is close to SFT on winners plus a weak pull away
-    from the reference; the SDXL branch of the official code has a different, thresholded form
-    that is not implemented.
+    from the reference.
+
+    ``form="sdxl"`` is the official SDXL branch: with ``d = ε_θ^w - ε_ref^w`` and
+    ``w = 1 - σ(inside)``, ``loss = mean((w·d)²)`` while the batch's ``mean(d²) ≥ threshold``
+    (0.1), else ``mean(w²)``: near the reference it raises ``inside`` as DPO does, and once the
+    policy has moved away it pulls the winner's prediction back, weighted by how unsure the
+    preference still is. Its official β is 1000–5000 (the −0.5·β DPO scale).
 
     Args:
         beta: β, used in both places (official SD1.5 grid: 0.001, 0.01, 0.05).
+        form: ``sd15`` or ``sdxl``, the branch of the official code.
+        threshold: the SDXL branch's switch on ``mean(d²)``.
     """
 
-    def __init__(self, beta: float = 0.001) -> None:
+    def __init__(self, beta: float = 0.001, form: str = "sd15", threshold: float = 0.1) -> None:
         super().__init__()
-        self.beta = beta
+        if form not in ("sd15", "sdxl"):
+            raise ValueError(f"form must be 'sd15' or 'sdxl', got {form!r}")
+        self.beta, self.form, self.threshold = beta, form, threshold
 
     def forward(self, pair: DenoisePair) -> ObjectiveOutput:
         """Return the DSPO loss; metrics as DPO."""
         terms = dpo_terms(pair)
         inside = -0.5 * self.beta * terms["diff"]  # [B]
-        coef = self.beta * (1 - torch.sigmoid(inside)).view(-1, *[1] * (pair.pred_w.dim() - 1))
+        weight = (1 - torch.sigmoid(inside)).view(-1, *[1] * (pair.pred_w.dim() - 1))  # [B,1,1,1]
         assert pair.ref_pred_w is not None  # checked by dpo_terms
         pred_w = pair.pred_w.float()
-        residual = (pred_w - pair.target_w.float()) - coef * (pred_w - pair.ref_pred_w.float())
-        loss = residual.pow(2).mean()
+        deviation = pred_w - pair.ref_pred_w.float()  # [B, C, h, w]
+        if self.form == "sdxl":
+            far = deviation.pow(2).flatten(1).mean(dim=1).mean() >= self.threshold
+            loss = (weight * deviation).pow(2).mean() if far else weight.pow(2).mean()
+        else:
+            residual = (pred_w - pair.target_w.float()) - self.beta * weight * deviation
+            loss = residual.pow(2).mean()
         return ObjectiveOutput(loss, dpo_metrics(terms, inside))

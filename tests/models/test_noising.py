@@ -10,6 +10,7 @@ from lightning_pref.models.noising import (
     ForwardNoising,
     ReNoiseInversion,
     invert,
+    last_grid_point_below,
 )
 from lightning_pref.models.noising import _inverse_scheduler as inverse_scheduler
 from lightning_pref.modules import OfflinePairModule
@@ -166,3 +167,39 @@ def test_module_uses_objective_default_noising_unless_overridden(tiny_policy):
 def test_bad_grid_size():
     with pytest.raises(ValueError, match="num_steps"):
         DDIMInversion(0)
+
+
+def test_last_grid_point_below():
+    """Grid 1, 201, ..., 801: t = 999 -> 801, 450 -> 401, 202 -> 201, 201 -> 1; t = 1 and 0 stay
+    (no grid point below)."""
+    grid = torch.tensor([1, 201, 401, 601, 801])
+    t = torch.tensor([999, 450, 202, 201, 1, 0])
+    assert last_grid_point_below(grid, t).tolist() == [801, 401, 201, 1, 1, 0]
+
+
+@pytest.mark.parametrize("strategy_cls", [DDIMInversion, ReNoiseInversion])
+def test_snap_to_grid_trains_where_the_inversion_stopped(strategy_cls, tiny_policy):
+    """snap_to_grid: the same x_t as the official placement, but the target uses ā at the grid point
+    and the denoiser is told that grid point (the official code keeps the sampled t)."""
+    x0, embeds = _inputs(tiny_policy)
+    t = torch.tensor([999, 450, 120])
+    extra = {"extra_noise": 0.0} if strategy_cls is DDIMInversion else {}
+    official = strategy_cls(5, **extra)(tiny_policy, x0, t, torch.zeros_like(x0), embeds)
+    snapped = strategy_cls(5, snap_to_grid=True, **extra)(
+        tiny_policy, x0, t, torch.zeros_like(x0), embeds
+    )
+    assert official.timesteps is None
+    assert snapped.timesteps.tolist() == [801, 401, 1]
+    assert_close(snapped.x_t, official.x_t)
+    a = tiny_policy.alphas_cumprod[snapped.timesteps].view(-1, 1, 1, 1)
+    assert_close(snapped.x_t, a.sqrt() * x0 + (1 - a).sqrt() * snapped.target, rtol=1e-4, atol=1e-5)
+
+
+def test_module_gives_the_snapped_timestep_to_the_denoiser(tiny_policy, image_pair_batch):
+    module = OfflinePairModule(
+        tiny_policy, DiffusionDPO(), noising=ReNoiseInversion(5, snap_to_grid=True)
+    )
+    module.configure_model()
+    g = torch.Generator().manual_seed(0)
+    pair = module.denoise_pair(module.to_latents(image_pair_batch, g), g)
+    assert set(pair.timesteps.tolist()) <= {0, 1, 201, 401, 601, 801}

@@ -137,3 +137,17 @@ def test_kto_exact_value_with_reference_point_and_weights():
 
 def test_global_mean_single_process():
     assert global_mean(torch.tensor([1.0, 2.0, 6.0])).item() == 3.0
+
+
+def test_dspo_sdxl_form_exact_values():
+    """β = 1/3, diff = -6 -> inside = 1, w = 1 - σ(1) = 0.2689414; d = pred_w - ref_w = 1 - 2 = -1
+    per entry, so mean(d²) = 1 ≥ 0.1: loss = mean((w·d)²) = w² = 0.0723295.
+    With threshold 2 (> 1): the near branch, loss = mean(w²) = w² too; with d = 0 (policy at the
+    reference, inside 0, w = 0.5): near branch, loss = 0.25."""
+    w = 1 - sigmoid(1.0)
+    assert DSPO(beta=1 / 3, form="sdxl")(_pair()).loss.item() == pytest.approx(w**2)
+    assert DSPO(beta=1 / 3, form="sdxl", threshold=2.0)(_pair()).loss.item() == pytest.approx(w**2)
+    at_ref = make_pair([[2.0, 2.0]], [[1.0, 1.0]], [[2.0, 2.0]], [[1.0, 1.0]])
+    assert DSPO(beta=1 / 3, form="sdxl")(at_ref).loss.item() == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="form"):
+        DSPO(form="sd3")
