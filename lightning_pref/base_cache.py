@@ -18,7 +18,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +32,10 @@ from lightning_pref.evaluation import (
     _sample_and_score,
     _score_stats,
     _win_stats,
-    default_scorers,
-    implicit_accuracy,
     sample_plan,
 )
 from lightning_pref.models.policy import DiffusionPolicy
-from lightning_pref.runs import (
-    EvaluateArgs,
-    _image_size,
-    _load_for_eval,
-    _minipick_val_pairs,
-    find_run,
-    read_prompts,
-    run_val_loader,
-)
+from lightning_pref.runs import EvaluateArgs, prepare_evaluation
 from lightning_pref.scoring import Scorer
 
 __all__ = [
@@ -262,27 +252,12 @@ def evaluate_run_cached(args: EvaluateArgs, cache: BaseCache) -> tuple[EvalRepor
         args: what to evaluate and how (as ``python -m lightning_pref evaluate`` takes it).
         cache: where the base model's samples are looked up and stored.
     """
-    run = find_run(args.run)
-    if run.ckpt is None:
-        raise ConfigError(f"run '{run.config.parent}' has no checkpoint; pass a .ckpt with --run")
-    base_run = run if args.baseline == "base" else find_run(args.baseline)
-    base_ckpt = None if args.baseline == "base" else base_run.ckpt
-    prompts = read_prompts(args.prompts)
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if args.device == "auto" else args.device)
-    tuned = _load_for_eval(run.config, run.ckpt, device)
-    base = _load_for_eval(base_run.config, base_ckpt, device)
-    loader = None  # read before sampling, so a wrong --val_files fails at once
-    if args.implicit_draws > 0:
-        val_files = args.val_files or _minipick_val_pairs(run.config, tuned.policy)
-        loader = run_val_loader(run.config, val_files, _image_size(tuned.policy))
-    chosen = args.scorers or default_scorers(tuned.policy)
-    scorers = {k: s.to(device) for k, s in chosen.items()}
+    setup = prepare_evaluation(args)
     report, use = evaluate_policies_cached(
-        base.policy,
-        tuned.policy,
-        prompts,
-        scorers,
+        setup.base.policy,
+        setup.tuned.policy,
+        setup.prompts,
+        setup.scorers,
         args.gold,
         args.num_samples,
         args.seed,
@@ -293,8 +268,4 @@ def evaluate_run_cached(args: EvaluateArgs, cache: BaseCache) -> tuple[EvalRepor
         batch_size=args.batch_size,
         samples_per_prompt_for_diversity=args.diversity_samples,
     )
-    if loader is not None:
-        acc = implicit_accuracy(tuned, base.policy, loader, args.seed, args.implicit_draws)
-        report = replace(report, implicit_acc=acc)
-    baseline = str(base_ckpt or "base (no checkpoint)")
-    return replace(report, tuned=str(run.ckpt), baseline=baseline), use
+    return setup.finish(report, args), use

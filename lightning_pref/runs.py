@@ -47,11 +47,13 @@ from lightning_pref.scoring import Scorer
 
 __all__ = [
     "EvaluateArgs",
+    "EvalSetup",
     "RunPaths",
     "evaluate_run",
     "find_run",
     "load_datamodule",
     "load_module",
+    "prepare_evaluation",
     "read_prompts",
     "run_val_loader",
 ]
@@ -343,13 +345,31 @@ def _log_to_tensorboard(log_dir: Path, report: EvalReport, grid: Tensor) -> None
         writer.close()
 
 
-def evaluate_run(argv: list[str]) -> EvalReport:
-    """``python -m lightning_pref evaluate``: print the table; write report.json, grid, events.
+@dataclass
+class EvalSetup:
+    """A run and its baseline loaded for evaluation (shared by ``evaluate`` and the leaderboard)."""
 
-    Args:
-        argv: the arguments after ``evaluate`` (see :class:`EvaluateArgs` or ``--help``).
-    """
-    args = _parse(argv)
+    run: RunPaths
+    base_ckpt: Path | None
+    prompts: list[str]
+    tuned: PreferenceModule
+    base: PreferenceModule
+    loader: Any  # validation pairs for implicit accuracy, or None
+    scorers: dict[str, Scorer]
+
+    def finish(self, report: EvalReport, args: EvaluateArgs) -> EvalReport:
+        """Add implicit accuracy (if asked for) and the names of what was compared."""
+        if self.loader is not None:
+            acc = implicit_accuracy(
+                self.tuned, self.base.policy, self.loader, args.seed, args.implicit_draws
+            )
+            report = replace(report, implicit_acc=acc)
+        baseline = str(self.base_ckpt or "base (no checkpoint)")
+        return replace(report, tuned=str(self.run.ckpt), baseline=baseline)
+
+
+def prepare_evaluation(args: EvaluateArgs) -> EvalSetup:
+    """Find the run and baseline, load both models, the validation pairs and the scorers."""
     run = find_run(args.run)
     if run.ckpt is None:
         raise ConfigError(f"run '{run.config.parent}' has no checkpoint; pass a .ckpt with --run")
@@ -366,12 +386,24 @@ def evaluate_run(argv: list[str]) -> EvalReport:
         loader = run_val_loader(run.config, val_files, _image_size(tuned.policy))
     chosen = args.scorers or default_scorers(tuned.policy)
     scorers = {k: s.to(device) for k, s in chosen.items()}
+    return EvalSetup(run, base_ckpt, prompts, tuned, base, loader, scorers)
+
+
+def evaluate_run(argv: list[str]) -> EvalReport:
+    """``python -m lightning_pref evaluate``: print the table; write report.json, grid, events.
+
+    Args:
+        argv: the arguments after ``evaluate`` (see :class:`EvaluateArgs` or ``--help``).
+    """
+    args = _parse(argv)
+    setup = prepare_evaluation(args)
+    run, prompts, tuned, base = setup.run, setup.prompts, setup.tuned, setup.base
     sampling = {"num_steps": args.num_steps, "guidance_scale": args.guidance_scale, "eta": args.eta}
     report = evaluate_policies(
         base.policy,
         tuned.policy,
         prompts,
-        scorers,
+        setup.scorers,
         args.gold,
         args.num_samples,
         args.seed,
@@ -379,10 +411,7 @@ def evaluate_run(argv: list[str]) -> EvalReport:
         samples_per_prompt_for_diversity=args.diversity_samples,
         **sampling,
     )
-    if loader is not None:
-        acc = implicit_accuracy(tuned, base.policy, loader, args.seed, args.implicit_draws)
-        report = replace(report, implicit_acc=acc)
-    report = replace(report, tuned=str(run.ckpt), baseline=str(base_ckpt or "base (no checkpoint)"))
+    report = setup.finish(report, args)
     out = Path(args.out) if args.out else run.config.parent / f"eval_seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(report.to_json() + "\n")
