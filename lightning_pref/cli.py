@@ -15,23 +15,31 @@ from typing import Any
 
 from jsonargparse import lazy_instance
 from lightning import LightningDataModule
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from lightning_pref.callbacks.checkpoint import LastCheckpoint
+from lightning_pref.callbacks.preemption import Preempted, Preemption
 from lightning_pref.callbacks.progress import StepProgressBar
+from lightning_pref.callbacks.run_summary import RunSummary
 from lightning_pref.errors import LightningPrefError
 from lightning_pref.modules.base import PreferenceModule
+from lightning_pref.resume import resolve_last_checkpoint
 
 __all__ = ["PreferenceCLI", "main"]
 
 
 def trainer_defaults() -> dict[str, Any]:
-    """Defaults under every config: TensorBoard in ``runs/``, a ``last.ckpt`` checkpoint."""
+    """Defaults under every config.
+
+    TensorBoard in ``runs/``, a ``last.ckpt`` that holds the final step, a checkpoint-and-stop on
+    SIGUSR1/SIGTERM (and a requeue under SLURM) and ``metrics.json`` in the run folder.
+    """
     return {
         "logger": lazy_instance(TensorBoardLogger, save_dir="runs", name="default"),
         # appended to the config's callbacks as they are, so a fresh instance per CLI run
-        "callbacks": [ModelCheckpoint(save_last=True)],
+        "callbacks": [LastCheckpoint(), Preemption(), RunSummary()],
         # our samplers shard across ranks themselves and keep their position for exact resume
         "use_distributed_sampler": False,
     }
@@ -58,6 +66,11 @@ class PreferenceCLI(LightningCLI):
             args=args,
             **kwargs,
         )
+
+    def before_instantiate_classes(self) -> None:
+        """``fit --ckpt_path last``: the newest checkpoint of this run's logger folder, or none."""
+        if self.subcommand == "fit" and self.config["fit"].get("ckpt_path") == "last":
+            resolve_last_checkpoint(self.config["fit"])
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """Add :class:`StepProgressBar` unless the bar is off or the config brings its own."""
@@ -138,12 +151,20 @@ def main(args: list[str] | None = None) -> None:
 
             leaderboard_main(list(argv[1:]))
             return
+        if argv and argv[0] == "sweep":  # grid x seeds of fit runs: lightning_pref.sweep
+            from lightning_pref.sweep import sweep_main
+
+            sweep_main(list(argv[1:]))
+            return
         if argv and argv[0] == "score-pairs":  # offline scoring for ScoreLabels (SmPO)
             from lightning_pref.data.scored import score_pairs_main
 
             score_pairs_main(list(argv[1:]))
             return
         PreferenceCLI(args=args)
+    except Preempted as err:
+        print(f"preempted: {err}", file=sys.stderr)
+        raise SystemExit(128 + err.signum) from None
     except argparse.ArgumentError as err:
         print(
             f"error: {condense_parse_error(str(err))} (see --help or --print_config)",

@@ -16,6 +16,12 @@ from lightning_pref.types import ImagePairBatch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
+def _no_global_seed(monkeypatch):
+    """``seed: None`` follows ``PL_GLOBAL_SEED``; an earlier in-process CLI run must not leak it."""
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _fast_datasets():
     import datasets
 

@@ -170,3 +170,26 @@ def test_nan_loss_stops_with_one_line(tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "error: non-finite loss" in err
+
+
+def test_seed_everything_reaches_the_module_and_the_data(tmp_path, monkeypatch):
+    """tiny_dpo.yaml sets no seed on the model or the data (``seed: None``): both follow
+    ``--seed_everything``, so seeds 0 and 1 train on other noise and pair orders, and the same seed
+    reproduces the run."""
+    monkeypatch.chdir(ROOT)
+
+    def final_loss(seed: int, name: str) -> float:
+        from lightning_pref.callbacks.run_summary import read_run_summary
+
+        main(
+            [
+                "fit", "--config", TINY, "--trainer.max_steps", "3", f"--seed_everything={seed}",
+                "--trainer.enable_progress_bar=false", "--trainer.logger.init_args.save_dir",
+                str(tmp_path), "--trainer.logger.init_args.name", name,
+            ]
+        )  # fmt: skip
+        return read_run_summary(tmp_path / name / "version_0")["metrics"]["train/loss"]
+
+    first, again, other = final_loss(0, "a"), final_loss(0, "b"), final_loss(1, "c")
+    assert first == again
+    assert first != other

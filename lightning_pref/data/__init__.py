@@ -1,6 +1,7 @@
-"""Data: Pick-a-Pic preference pairs, exact-resume loading, image transforms and fake shards."""
+"""Data: preference pairs (Pick-a-Pic parquet, image folder + CSV), exact resume, transforms."""
 
 from lightning_pref.data.fake import PICKAPIC_SCHEMA, write_fake_pickapic
+from lightning_pref.data.folder import PairFolderDataModule, read_pair_csv
 from lightning_pref.data.pairs import (
     PairBuilder,
     PairCollate,
@@ -32,6 +33,7 @@ __all__ = [
     "ImageTransform",
     "PairBuilder",
     "PairCollate",
+    "PairFolderDataModule",
     "PairSample",
     "PickAPicDataModule",
     "PickAPicPairs",
@@ -46,6 +48,7 @@ __all__ = [
     "StepPoolSampler",
     "decode_image",
     "load_prompts",
+    "read_pair_csv",
     "resolve_data_files",
     "score_pairs",
     "write_fake_pickapic",

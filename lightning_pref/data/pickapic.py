@@ -21,6 +21,7 @@ from lightning_pref.data.sampler import ResumableDataLoader, ResumableSampler
 from lightning_pref.data.scored import ScoreLabels, check_score_columns
 from lightning_pref.data.transforms import ImageTransform
 from lightning_pref.errors import DataError
+from lightning_pref.seeding import resolve_seed
 
 __all__ = ["REQUIRED_COLUMNS", "PickAPicDataModule", "resolve_data_files"]
 
@@ -149,7 +150,7 @@ class PickAPicDataModule(L.LightningDataModule):
         batch_size: int = 1,
         val_batch_size: int | None = None,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
         max_val_pairs: int | None = None,
         score_labels: ScoreLabels | None = None,
     ) -> None:
@@ -172,7 +173,8 @@ class PickAPicDataModule(L.LightningDataModule):
             batch_size: Training pairs per batch and per device.
             val_batch_size: Validation pairs per batch; defaults to ``batch_size``.
             num_workers: DataLoader worker processes.
-            seed: Seed of the shuffle and of every per-sample random draw.
+            seed: Seed of the shuffle and of every per-sample random draw; None: the run's
+                ``--seed_everything``.
             max_val_pairs: Use only the first this many validation pairs.
             score_labels: SmPO's label smoothing (METHODS §4.1), for training and validation:
                 human ties are dropped (whatever ``drop_ties`` says), the higher ``score_0``/
@@ -193,7 +195,8 @@ class PickAPicDataModule(L.LightningDataModule):
         self.resolution, self.random_crop, self.hflip = resolution, random_crop, hflip
         self.proportion_empty_prompts, self.drop_ties = proportion_empty_prompts, drop_ties
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
-        self.num_workers, self.seed, self.max_val_pairs = num_workers, seed, max_val_pairs
+        self.num_workers, self.max_val_pairs = num_workers, max_val_pairs
+        self.seed = resolve_seed(seed)
 
     def _paths(self, files: str | list[str] | None, split: str, arg: str) -> list[str] | None:
         """The parquet files of one split; None for a hub dataset (or no source at all)."""

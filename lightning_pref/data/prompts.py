@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_pref.data.pickapic import resolve_data_files
 from lightning_pref.data.sampler import ResumableDataLoader, ResumableSampler
 from lightning_pref.errors import DataError
+from lightning_pref.seeding import resolve_seed
 from lightning_pref.types import PromptBatch
 
 __all__ = ["PromptDataModule", "PromptList", "load_prompts"]
@@ -111,7 +112,7 @@ class PromptDataModule(L.LightningDataModule):
         batch_size: prompts per generation round and per device (SPO SD1.5: 10).
         val_batch_size: prompts per validation round; default ``batch_size``.
         max_val_prompts: use only the first this many validation prompts.
-        seed: seed of the shuffle.
+        seed: seed of the shuffle; None: the run's ``--seed_everything``.
     """
 
     def __init__(
@@ -121,12 +122,12 @@ class PromptDataModule(L.LightningDataModule):
         batch_size: int = 10,
         val_batch_size: int | None = None,
         max_val_prompts: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.train_prompts, self.val_prompts = train_prompts, val_prompts
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
-        self.max_val_prompts, self.seed = max_val_prompts, seed
+        self.max_val_prompts, self.seed = max_val_prompts, resolve_seed(seed)
         self.train_set: PromptList | None = None
         self.val_set: PromptList | None = None
 

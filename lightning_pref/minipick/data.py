@@ -138,7 +138,7 @@ class MiniPickDataModule(PickAPicDataModule):
         proportion_empty_prompts: float = 0.0,
         hflip: bool = False,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
         val_split: str = "validation",
         max_val_pairs: int | None = None,
         score_labels: ScoreLabels | None = None,
@@ -197,7 +197,7 @@ class MiniPickPromptDataModule(PromptDataModule):
         batch_size: int = 32,
         val_batch_size: int | None = None,
         max_val_prompts: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         train_split: str = "train",
         val_split: str | None = "validation",
     ) -> None:

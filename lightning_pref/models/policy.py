@@ -124,6 +124,14 @@ class DiffusionPolicy(nn.Module):
         )
         self._built = True
 
+    def load_base_unet(self) -> nn.Module:
+        """A second, independent copy of the UNet as loaded (before LoRA).
+
+        The reference model under DeepSpeed ZeRO-3 is made this way: there the loaded UNet's
+        parameters are partitioned as they are created and cannot be deep-copied.
+        """
+        return self._load_components().unet
+
     def _add_lora(self) -> None:
         from peft import LoraConfig
 

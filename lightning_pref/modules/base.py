@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from lightning_pref.errors import ConfigError
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.objectives.base import PreferenceObjective
+from lightning_pref.seeding import resolve_seed
 from lightning_pref.types import ObjectiveOutput
 
 __all__ = ["PreferenceModule", "ReferenceMode"]
@@ -40,7 +41,7 @@ class PreferenceModule(LightningModule):
         optimizer: optimizer factory over the trainable parameters.
         lr_scheduler: optional LR-schedule factory, stepped every optimizer step.
         reference: how the frozen reference is made.
-        seed: seed of the per-step generators.
+        seed: seed of the per-step generators; None: the run's ``--seed_everything``.
     """
 
     def __init__(
@@ -50,7 +51,7 @@ class PreferenceModule(LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         reference: ReferenceMode = "auto",
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -61,7 +62,7 @@ class PreferenceModule(LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.reference_mode = reference
-        self.seed = seed
+        self.seed = resolve_seed(seed)
         self.reference_unet: nn.Module | None = None
         self.strict_loading = False
         self.rows_skipped = 0
@@ -72,9 +73,13 @@ class PreferenceModule(LightningModule):
         self.policy.build()
         if self.objective.requires_reference and self.resolved_reference_mode == "copy":
             if self.reference_unet is None:
-                ref = copy.deepcopy(self.policy.unet)
-                if self.policy.is_lora:
-                    ref.disable_adapters()
+                if any(hasattr(p, "ds_id") for p in self.policy.unet.parameters()):
+                    # ZeRO-3 partitioned the weights as they were created: load a second copy
+                    ref = self.policy.load_base_unet()
+                else:
+                    ref = copy.deepcopy(self.policy.unet)
+                    if self.policy.is_lora:
+                        ref.disable_adapters()
                 self.reference_unet = ref.requires_grad_(False).eval()
 
     @property
@@ -118,7 +123,9 @@ class PreferenceModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse checkpoints that do not match the trainable weights of this model."""
         self.rows_skipped = checkpoint.get("lightning_pref", {}).get("rows_skipped", 0)
-        saved = set(checkpoint.get("state_dict", {}))
+        if "state_dict" not in checkpoint:
+            return  # a sharded checkpoint (FSDP, DeepSpeed): the strategy loads the weights itself
+        saved = set(checkpoint["state_dict"])
         expected = {n for n, p in self.named_parameters() if p.requires_grad}
         missing, unexpected = expected - saved, saved - expected
         if missing or unexpected:

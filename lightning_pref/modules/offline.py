@@ -29,7 +29,7 @@ class OfflinePairModule(PreferenceModule):
         optimizer: optimizer factory over the trainable parameters.
         lr_scheduler: optional LR-schedule factory, stepped every optimizer step.
         reference: ``auto``, ``copy`` or ``adapters_off``.
-        seed: seed of the per-step generators.
+        seed: seed of the per-step generators; None: the run's ``--seed_everything``.
         shared_timestep: winner and loser get the same t (official: True).
         shared_noise: winner and loser get the same ε (official: True).
         timestep_range: sample t uniformly in ``[low, high)``; None = the full schedule.
@@ -44,7 +44,7 @@ class OfflinePairModule(PreferenceModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         reference: ReferenceMode = "auto",
-        seed: int = 0,
+        seed: int | None = None,
         shared_timestep: bool = True,
         shared_noise: bool = True,
         timestep_range: tuple[int, int] | None = None,

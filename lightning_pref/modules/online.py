@@ -42,7 +42,7 @@ class StepPoolModule(PreferenceModule):
         optimizer: optimizer factory over the trainable parameters.
         lr_scheduler: optional LR-schedule factory, stepped every optimizer step.
         reference: ``auto``, ``copy`` or ``adapters_off``.
-        seed: seed of the per-round generators.
+        seed: seed of the per-round generators; None: the run's ``--seed_everything``.
         train_batch_size: step pairs per optimizer step (SPO SD1.5: 10).
         train_cfg: apply CFG to the training predictions as in sampling (SPO: True).
         gradient_clip_val: max global grad norm; None = no clipping (SPO's code clips nothing).
@@ -56,7 +56,7 @@ class StepPoolModule(PreferenceModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         reference: ReferenceMode = "auto",
-        seed: int = 0,
+        seed: int | None = None,
         train_batch_size: int = 10,
         train_cfg: bool = True,
         gradient_clip_val: float | None = None,

@@ -45,7 +45,7 @@ class UnpairedModule(OfflinePairModule):
         optimizer: optimizer factory over the trainable parameters.
         lr_scheduler: optional LR-schedule factory, stepped every optimizer step.
         reference: ``auto``, ``copy`` or ``adapters_off``.
-        seed: seed of the per-step generators.
+        seed: seed of the per-step generators; None: the run's ``--seed_everything``.
         timestep_range: sample t uniformly in ``[low, high)``; None = the full schedule.
         noising: None = the objective's own (forward noising).
         positive_fraction: share of desirable images when splitting pairs (KTO: 0.8).
@@ -58,7 +58,7 @@ class UnpairedModule(OfflinePairModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         reference: ReferenceMode = "auto",
-        seed: int = 0,
+        seed: int | None = None,
         timestep_range: tuple[int, int] | None = None,
         noising: NoisingStrategy | None = None,
         positive_fraction: float = 0.8,
