@@ -22,6 +22,8 @@ these classes), so each block's parameters are gathered only while that block ru
 from __future__ import annotations
 
 import importlib
+from collections.abc import Generator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -115,14 +117,32 @@ class FSDP(FSDPStrategy):
 class DeepSpeed(DeepSpeedStrategy):
     """Lightning's DeepSpeed (ZeRO stages 1-3); also runs on CPU with gloo.
 
-    Every argument is :class:`~lightning.pytorch.strategies.DeepSpeedStrategy`'s (``stage``,
-    ``offload_optimizer``, ``offload_parameters``, ``process_group_backend``, ``config``, ...).
+    Args:
+        zero_init: under ZeRO-3, build the models inside ``deepspeed.zero.Init`` (each rank
+            holds only its shard from the start). Off by default: diffusers' ``from_pretrained``
+            inside ``zero.Init`` fails (``Cannot copy out of meta tensor``), so the models are
+            loaded whole on each rank's CPU and the engine partitions them at setup; the GPU
+            only ever holds shards either way. Turn it on for models built in code.
+        kwargs: :class:`~lightning.pytorch.strategies.DeepSpeedStrategy`'s arguments (``stage``,
+            ``offload_optimizer``, ``offload_parameters``, ``process_group_backend``, ...).
+
     The first CPU run JIT-compiles DeepSpeed's shared-memory op (about 30 s, cached in
     ``~/.cache/torch_extensions``).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, zero_init: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.zero_init = zero_init
+
+    @contextmanager
+    def model_sharded_context(self) -> Generator[None, None, None]:
+        """``deepspeed.zero.Init`` around ``configure_model`` only with ``zero_init``."""
+        if self.zero_init:
+            with super().model_sharded_context():
+                yield
+            return
+        self._init_config_if_needed()
+        yield
 
     def setup_environment(self) -> None:
         """Skip the CUDA-only accelerator check on CPU."""

@@ -1,5 +1,6 @@
 """The strategy overlays on CPU (2 processes, gloo): DDP, FSDP, DeepSpeed ZeRO-2 and ZeRO-3 each
-train tiny DPO, checkpoint, and resume; the resumed run ends with the weights of a straight one.
+train MiniPick DPO (experiments/dpo_minipick.yaml, batches of 8 pairs a rank), checkpoint, and
+resume; the resumed run ends with the weights of a straight one.
 
 Each case is two CLI runs: a straight 6-step run that also saves a step-4 checkpoint, and a run
 resumed from that checkpoint to step 6. On CPU every strategy resumes to the same weights, bit
@@ -24,8 +25,9 @@ STRATEGIES = ROOT / "experiments" / "strategies"
 def _fit(tmp: Path, name: str, overlay: str, *extra: str) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable, "-m", "lightning_pref", "fit",
-        "--config", str(ROOT / "tests" / "configs" / "tiny_dpo.yaml"),
+        "--config", str(ROOT / "experiments" / "dpo_minipick.yaml"),
         "--config", str(STRATEGIES / overlay),
+        "--data.init_args.batch_size=8",
         "--trainer.devices=2", "--trainer.max_steps=6", "--trainer.val_check_interval=2",
         "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={tmp}", f"--trainer.logger.init_args.name={name}",
@@ -56,7 +58,7 @@ def _unet_weights(ckpt: Path, tmp: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize(
     "overlay", ["ddp.yaml", "fsdp.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml"]
 )
-def test_strategy_trains_checkpoints_and_resumes(tmp_path, overlay):
+def test_strategy_trains_checkpoints_and_resumes(tmp_path, overlay, minipick_assets):
     if overlay.startswith("deepspeed"):
         pytest.importorskip("deepspeed", reason="pip install -e '.[dev]' installs deepspeed")
     mid = tmp_path / "mid"
@@ -87,3 +89,25 @@ def test_strategy_trains_checkpoints_and_resumes(tmp_path, overlay):
     assert moved, "the resumed run did not train"
     for key, value in weights["straight"].items():
         assert torch.equal(value, weights["resumed"][key]), key
+
+
+def test_zero3_with_zero_init_builds_the_reference_under_zero_init(tmp_path):
+    """zero_init: true builds the models inside deepspeed.zero.Init, where the policy's weights are
+    partitioned as they are created: the frozen reference is then loaded again (load_base_unet)
+    rather than deep-copied. Tiny DPO (models built in code), 2 steps."""
+    pytest.importorskip("deepspeed", reason="pip install -e '.[dev]' installs deepspeed")
+    cmd = [
+        sys.executable, "-m", "lightning_pref", "fit",
+        "--config", str(ROOT / "tests" / "configs" / "tiny_dpo.yaml"),
+        "--config", str(STRATEGIES / "deepspeed_zero3.yaml"),
+        "--trainer.strategy.init_args.zero_init=true",
+        "--trainer.devices=2", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+        "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(next(tmp_path.rglob("metrics.json")).read_text())
+    assert (summary["status"], summary["global_step"]) == ("finished", 2)
+    assert "val/loss" in summary["metrics"]
