@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from lightning_pref.errors import ConfigError, DataError
 from lightning_pref.minipick import GoldRater
+from lightning_pref.minipick.world import parse_caption
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.modules.base import PreferenceModule
 from lightning_pref.modules.offline import OfflinePairModule
@@ -73,6 +74,18 @@ class GoldScorer(Scorer):
     ) -> Tensor:
         """Gold reward ``[N]`` in [0, 1] of images ``[N, 3, H, W]`` in [-1, 1]."""
         return self.rater.score(images, list(captions))
+
+    @staticmethod
+    def check_captions(captions: Sequence[str]) -> None:
+        """Raise ConfigError naming the first caption the rater cannot score."""
+        for text in captions:
+            try:
+                parse_caption(text)
+            except ValueError:
+                raise ConfigError(
+                    f"the gold rater scores MiniPick captions only (e.g. 'a large red circle on "
+                    f"the left'), not {text!r}: fix --prompts or pass other --scorers/--gold"
+                ) from None
 
 
 class ProxyScorer(Scorer):

@@ -28,11 +28,13 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lightning_pref.callbacks.ema import ema_state_from_checkpoint
 from lightning_pref.cli import PreferenceCLI
 from lightning_pref.data.pickapic import PickAPicDataModule
 from lightning_pref.errors import ConfigError, DataError, ModelLoadError
 from lightning_pref.evaluation import (
     EvalReport,
+    GoldScorer,
     default_scorers,
     evaluate_policies,
     implicit_accuracy,
@@ -163,7 +165,9 @@ def _read_checkpoint(ckpt_path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def load_module(config_path: str | Path, ckpt_path: str | Path | None = None) -> PreferenceModule:
+def load_module(
+    config_path: str | Path, ckpt_path: str | Path | None = None, ema: bool = False
+) -> PreferenceModule:
     """Rebuild a run's LightningModule from its config and, optionally, its checkpoint.
 
     The module is built as the CLI builds it, its models are loaded by ``configure_model()``
@@ -174,6 +178,7 @@ def load_module(config_path: str | Path, ckpt_path: str | Path | None = None) ->
     Args:
         config_path: the run's ``config.yaml``.
         ckpt_path: a checkpoint of that run; None for the base model.
+        ema: load the checkpoint's EMA weights (:class:`~lightning_pref.callbacks.EMA`) instead.
 
     Returns:
         The module in eval mode, on the CPU.
@@ -190,6 +195,11 @@ def load_module(config_path: str | Path, ckpt_path: str | Path | None = None) ->
         checkpoint = _read_checkpoint(Path(ckpt_path))
         module.on_load_checkpoint(checkpoint)
         module.load_state_dict(checkpoint["state_dict"], strict=False)
+        if ema:
+            averaged = ema_state_from_checkpoint(checkpoint)
+            if averaged is None:
+                raise ConfigError(f"'{ckpt_path}' holds no EMA weights (train with callbacks.EMA)")
+            module.load_state_dict(averaged, strict=False)
     return module.eval()
 
 
@@ -283,6 +293,7 @@ class EvaluateArgs:
         out: output folder; default <run folder>/eval_seed<seed>.
         batch_size: images per sampling batch.
         device: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...
+        ema: evaluate the run's EMA weights (saved by the ``EMA`` callback).
     """
 
     run: str
@@ -301,6 +312,7 @@ class EvaluateArgs:
     out: str | None = None
     batch_size: int = 64
     device: str = "auto"
+    ema: bool = False
 
 
 def _parse(argv: list[str]) -> EvaluateArgs:
@@ -312,9 +324,11 @@ def _parse(argv: list[str]) -> EvaluateArgs:
     return EvaluateArgs(**{f.name: config[f.name] for f in fields(EvaluateArgs)})
 
 
-def _load_for_eval(config: Path, ckpt: Path | None, device: torch.device) -> PreferenceModule:
+def _load_for_eval(
+    config: Path, ckpt: Path | None, device: torch.device, ema: bool = False
+) -> PreferenceModule:
     """A run's module on ``device`` without its frozen reference (evaluation brings its own)."""
-    module = load_module(config, ckpt)
+    module = load_module(config, ckpt, ema)
     module.reference_unet = None
     return module.to(device)
 
@@ -378,13 +392,15 @@ def prepare_evaluation(args: EvaluateArgs) -> EvalSetup:
     prompts = read_prompts(args.prompts)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
-    tuned = _load_for_eval(run.config, run.ckpt, device)
+    tuned = _load_for_eval(run.config, run.ckpt, device, args.ema)
     base = _load_for_eval(base_run.config, base_ckpt, device)
     loader = None  # read before sampling, so a wrong --val_files fails at once
     if args.implicit_draws > 0:
         val_files = args.val_files or _minipick_val_pairs(run.config, tuned.policy)
         loader = run_val_loader(run.config, val_files, _image_size(tuned.policy))
     chosen = args.scorers or default_scorers(tuned.policy)
+    if isinstance(chosen.get(args.gold), GoldScorer):
+        GoldScorer.check_captions(prompts)  # before any sampling
     scorers = {k: s.to(device) for k, s in chosen.items()}
     return EvalSetup(run, base_ckpt, prompts, tuned, base, loader, scorers)
 

@@ -377,3 +377,11 @@ def test_evaluate_cli_missing_run_is_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "run" in err[0]
+
+
+def test_gold_rater_names_a_caption_it_cannot_score():
+    from lightning_pref.evaluation import GoldScorer
+
+    GoldScorer.check_captions(["a large red circle on the left", "a small blue square at the top"])
+    with pytest.raises(ConfigError, match="'a small blue square'"):
+        GoldScorer.check_captions(["a large red circle on the left", "a small blue square"])

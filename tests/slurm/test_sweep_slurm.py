@@ -63,6 +63,7 @@ def test_cluster_script_is_idempotent():
     assert re.search(r"debug\*\s+up.*(idle|mixed|alloc)", sh("sinfo"))
 
 
+@pytest.mark.slow  # the preemption test below requeues a real run end to end
 def test_a_requeued_array_task_runs_again(tmp_path):
     script = tmp_path / "requeue.sbatch"
     script.write_text(

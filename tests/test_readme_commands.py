@@ -1,0 +1,212 @@
+"""Every command in the README's bash blocks is executed here, or by .ci/run, or by a named test.
+
+``PLAN`` says how each one is checked, and ``test_every_readme_command_has_a_plan`` fails when the
+README gains a command without one. Modes:
+
+- ``ci``: ``.ci/run`` runs it (the install and test commands);
+- ``run``: run as written in a sandbox folder (links to ``experiments/`` and ``tests/``, its own
+  ``runs/``), with ``extra`` arguments appended where the command as written would take minutes
+  (fewer steps or samples; the extra arguments come last, so they win);
+- ``parse``: ``--print_config`` (or ``--dry_run`` for a SLURM sweep) appended: the configuration
+  resolves, but the run needs a GPU, hub weights or data that are not here;
+- ``test``: exercised by the named test (the same code path on tiny configs).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+SHORT_FIT = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2"]
+SHORT_EVAL = ["--num_samples", "8", "--implicit_draws", "1", "--diversity_samples", "0"]
+
+
+def readme_commands() -> list[str]:
+    """Each command of the README's ```bash blocks: continuations joined, ``&&`` split,
+    comments dropped, whitespace normalised."""
+    text = (ROOT / "README.md").read_text()
+    commands: list[str] = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line and not line.startswith("#"):
+                parts = [" ".join(p.split()) for p in line.split(" && ")]
+                if parts[0].startswith(("python3 -m venv", "ruff check")):
+                    parts = [" && ".join(parts)]  # one CI command each
+                commands += parts
+    return commands
+
+
+def lp(args: str) -> str:
+    return f"python -m lightning_pref {args}"
+
+
+TINY_FIT = lp("fit --config tests/configs/tiny_dpo.yaml --trainer.max_steps 20")
+SD15 = "--config experiments/dpo_sd15.yaml"
+PLAN: dict[str, dict] = {
+    'python3 -m venv .venv && . .venv/bin/activate && pip install "torch==2.13.0" -e ".[dev]"': {
+        "mode": "ci"
+    },
+    "ruff check . && ruff format --check . && python -m pytest": {"mode": "ci"},
+    lp("fit --config experiments/dpo_minipick.yaml"): {"mode": "run", "extra": SHORT_FIT},
+    lp("evaluate --run runs/dpo_minipick"): {"mode": "run", "extra": SHORT_EVAL},
+    lp("leaderboard"): {
+        "mode": "test",
+        "test": "tests/test_leaderboard.py::test_default_is_every_minipick_method_with_seed_0",
+    },
+    lp(
+        "leaderboard --configs experiments/dpo_minipick.yaml experiments/smpo_minipick.yaml "
+        "--seeds 0 1 2 --out results/leaderboard"
+    ): {"mode": "test", "test": "tests/test_leaderboard.py::test_tiny_leaderboard_end_to_end"},
+    lp(
+        "evaluate --run runs/dpo_minipick/version_0/checkpoints/last.ckpt --baseline base "
+        "--prompts my_prompts.txt --num_samples 512 --seed 0"
+    ): {"mode": "run", "extra": SHORT_EVAL},
+    TINY_FIT: {"mode": "run"},
+    lp(f"fit {SD15}"): {"mode": "parse"},
+    lp("fit --config experiments/dpo_sd15_lora.yaml"): {"mode": "parse"},
+    "tensorboard --logdir runs/": {"mode": "run", "extra": ["--inspect"]},
+    lp(f"fit {SD15} --print_config"): {"mode": "run"},
+    lp(
+        f"fit {SD15} --model.init_args.objective.init_args.beta 2000.0 "
+        "--model.init_args.policy.init_args.pretrained /data/stable-diffusion-v1-5 "
+        "--data.init_args.train_files /data/pickapic_v2/data/train"
+    ): {"mode": "parse"},
+    lp(
+        "score-pairs --input data/pickapic_v2/data --output data/pickapic_v2_scored "
+        "--scorer lightning_pref.scoring.PretrainedPickScore --scorer.logit_scale false"
+    ): {"mode": "test", "test": "tests/data/test_scored.py::test_score_pairs_cli_end_to_end"},
+    lp("fit --config experiments/spo_minipick.yaml"): {"mode": "parse"},
+    lp("fit --config experiments/spo_sd15.yaml --data.init_args.train_prompts PROMPTS.json"): {
+        "mode": "parse"
+    },
+    lp("fit --config experiments/spm_minipick.yaml"): {"mode": "parse"},
+    lp(
+        "fit --config experiments/dpo_folder.yaml --data.init_args.root tests/assets/pair_folder "
+        "--data.init_args.batch_size 4"
+    ): {
+        "mode": "run",
+        "extra": SHORT_FIT,
+    },
+    lp(
+        f"fit {SD15} --data lightning_pref.data.PairFolderDataModule --data.init_args.root my_pairs"
+    ): {"mode": "parse"},
+    lp("fit --config tests/configs/tiny_dpo.yaml --trainer.max_steps 40 --ckpt_path last"): {
+        "mode": "run",
+        "after": TINY_FIT,
+        "expect": "--ckpt_path last: resuming from runs/tiny_dpo/version_",
+    },
+    **{
+        lp(f"fit {SD15} --config experiments/strategies/{name}.yaml --trainer.devices 8"): {
+            "mode": "parse"
+        }
+        for name in ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
+    },
+    lp(
+        "fit --config tests/configs/tiny_dpo.yaml --config experiments/strategies/fsdp.yaml "
+        "--trainer.devices 2 --trainer.max_steps 6 --trainer.val_check_interval 2"
+    ): {
+        "mode": "test",
+        "test": "tests/resume/test_strategies.py::test_strategy_trains_checkpoints_and_resumes",
+    },
+    lp(
+        f"sweep {SD15} --config experiments/strategies/fsdp.yaml --launcher slurm --partition gpu "
+        '--nodes 2 --gpus_per_node 8 --time 24:00:00 --fit_args "--trainer.num_nodes 2 '
+        '--trainer.devices 8" --dry_run'
+    ): {"mode": "run", "needs": "sbatch"},
+    lp(
+        "sweep --config tests/configs/tiny_dpo.yaml --grid "
+        "model.init_args.objective.init_args.beta=2000,5000 --seeds 0,1 --fit_args "
+        '"--trainer.max_steps 4 --trainer.val_check_interval 2"'
+    ): {"mode": "test", "test": "tests/test_sweep.py::test_local_2x2_sweep_of_the_tiny_config"},
+    lp(
+        f"sweep {SD15} --launcher slurm --grid model.init_args.objective.init_args.beta=2000,5000 "
+        "--seeds 0,1,2 --partition gpu --nodes 2 --gpus_per_node 8 --time 24:00:00 --fit_args "
+        '"--trainer.num_nodes 2 --trainer.devices 8"'
+    ): {"mode": "parse", "needs": "sbatch"},
+    lp("sweep --summary runs/dpo_sd15_sweep"): {
+        "mode": "test",
+        "test": "tests/test_sweep_summary.py::test_summary_metrics_option_and_summary_command",
+    },
+    lp(
+        "fit --config tests/configs/tiny_dpo.yaml --trainer.max_steps 20 "
+        "--trainer.callbacks+=lightning_pref.callbacks.SampleGrid "
+        "--trainer.callbacks.every_n_steps 10 --trainer.callbacks+=lightning_pref.callbacks.EMA "
+        "--trainer.callbacks.decay 0.99"
+    ): {"mode": "run"},
+}
+
+
+def test_every_readme_command_has_a_plan():
+    commands = set(readme_commands())  # a command shown twice is checked once
+    assert commands == set(PLAN), commands ^ set(PLAN)
+
+
+def test_ci_runs_the_ci_commands():
+    ci = (ROOT / ".ci" / "run").read_text()
+    for command, plan in PLAN.items():
+        if plan["mode"] == "ci":
+            assert command.split(" && ")[-1] in ci, command
+
+
+@pytest.mark.parametrize("command", [c for c, p in PLAN.items() if p["mode"] == "test"])
+def test_named_test_exists(command):
+    path, name = PLAN[command]["test"].split("::")
+    assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), flags=re.M), PLAN[command]
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory, minipick_assets) -> Path:
+    """A folder that looks like the repository to the commands, with its own runs/."""
+    folder = tmp_path_factory.mktemp("readme")
+    for name in ("experiments", "tests", "results"):
+        (folder / name).symlink_to(ROOT / name)
+    (folder / "my_prompts.txt").write_text(
+        "a large red circle on the left\na small blue square at the top\n"
+    )
+    return folder
+
+
+def _argv(command: str) -> list[str]:
+    argv = shlex.split(command)
+    return [sys.executable, *argv[1:]] if argv[0] == "python" else argv
+
+
+def _execute(command: str, sandbox: Path, extra: list[str] = ()) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [*_argv(command), *extra], cwd=sandbox, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+ORDERED = [c for c, p in PLAN.items() if p["mode"] in ("run", "parse")]
+ORDERED.sort(key=lambda c: "after" in PLAN[c])  # dependents last (module order is kept)
+
+
+@pytest.mark.parametrize("command", ORDERED)
+def test_readme_command(command, sandbox, monkeypatch, capsys):
+    plan = PLAN[command]
+    needs = plan.get("needs")
+    if needs and subprocess.run(["which", needs], capture_output=True).returncode != 0:
+        pytest.skip(f"{needs} is not installed (the SLURM tests install it as root)")
+    if plan["mode"] == "parse":  # in-process: resolving a config takes a fraction of a second
+        from lightning_pref.cli import main
+
+        monkeypatch.chdir(sandbox)
+        dry = ["--dry_run"] if " sweep " in f" {command} " else ["--print_config"]
+        with pytest.raises(SystemExit) as exit_info:
+            main([*shlex.split(command)[3:], *dry])
+            raise SystemExit(0)
+        assert exit_info.value.code in (0, None), capsys.readouterr().err[-3000:]
+        return
+    proc = _execute(command, sandbox, plan.get("extra", []))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    if "expect" in plan:
+        assert plan["expect"] in proc.stdout + proc.stderr
