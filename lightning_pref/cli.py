@@ -1,8 +1,8 @@
 """Command line: ``python -m lightning_pref {fit,validate,test} --config X.yaml``.
 
-Plus non-Trainer subcommands: ``evaluate`` (:mod:`lightning_pref.runs`), ``score-pairs``
-(:func:`lightning_pref.data.scored.score_pairs_main`) and ``leaderboard``
-(:mod:`lightning_pref.leaderboard`).
+Plus non-Trainer subcommands: ``bench`` (:mod:`lightning_pref.bench`), ``evaluate``
+(:mod:`lightning_pref.runs`), ``score-pairs`` (:func:`lightning_pref.data.scored.score_pairs_main`),
+``leaderboard`` (:mod:`lightning_pref.leaderboard`) and ``sweep`` (:mod:`lightning_pref.sweep`).
 """
 
 from __future__ import annotations
@@ -150,6 +150,11 @@ def main(args: list[str] | None = None) -> None:
             from lightning_pref.leaderboard import leaderboard_main
 
             leaderboard_main(list(argv[1:]))
+            return
+        if argv and argv[0] == "bench":  # training throughput, two paths: lightning_pref.bench
+            from lightning_pref.bench import bench_main
+
+            bench_main(list(argv[1:]))
             return
         if argv and argv[0] == "sweep":  # grid x seeds of fit runs: lightning_pref.sweep
             from lightning_pref.sweep import sweep_main

@@ -14,7 +14,9 @@ def bash_blocks() -> list[str]:
 
 def test_ci_runs_the_readme_install_and_test_commands():
     install = 'pip install "torch==2.13.0" -e ".[dev]"'
-    test = "ruff check . && ruff format --check . && python -m pytest"
+    test = (
+        "ruff check . && ruff format --check . && python -m pytest && python -m pytest -m minipick"
+    )
     blocks = bash_blocks()
     assert any(install in b for b in blocks)
     assert any(b.strip() == test for b in blocks)

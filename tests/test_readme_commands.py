@@ -10,6 +10,9 @@ README gains a command without one. Modes:
 - ``parse``: ``--print_config`` (or ``--dry_run`` for a SLURM sweep) appended: the configuration
   resolves, but the run needs a GPU, hub weights or data that are not here;
 - ``test``: exercised by the named test (the same code path on tiny configs).
+
+Commands that train on MiniPick's real assets carry the ``minipick`` mark: the README's second
+pytest call runs them (with the strategy tests), after the default suite.
 """
 
 from __future__ import annotations
@@ -48,15 +51,22 @@ def lp(args: str) -> str:
     return f"python -m lightning_pref {args}"
 
 
+TEST_COMMAND = (
+    "ruff check . && ruff format --check . && python -m pytest && python -m pytest -m minipick"
+)
 TINY_FIT = lp("fit --config tests/configs/tiny_dpo.yaml --trainer.max_steps 20")
 SD15 = "--config experiments/dpo_sd15.yaml"
 PLAN: dict[str, dict] = {
     'python3 -m venv .venv && . .venv/bin/activate && pip install "torch==2.13.0" -e ".[dev]"': {
         "mode": "ci"
     },
-    "ruff check . && ruff format --check . && python -m pytest": {"mode": "ci"},
-    lp("fit --config experiments/dpo_minipick.yaml"): {"mode": "run", "extra": SHORT_FIT},
-    lp("evaluate --run runs/dpo_minipick"): {"mode": "run", "extra": SHORT_EVAL},
+    TEST_COMMAND: {"mode": "ci"},
+    lp("fit --config experiments/dpo_minipick.yaml"): {
+        "mode": "run",
+        "extra": SHORT_FIT,
+        "minipick": 1,
+    },
+    lp("evaluate --run runs/dpo_minipick"): {"mode": "run", "extra": SHORT_EVAL, "minipick": 1},
     lp("leaderboard"): {
         "mode": "test",
         "test": "tests/test_leaderboard.py::test_default_is_every_minipick_method_with_seed_0",
@@ -68,8 +78,13 @@ PLAN: dict[str, dict] = {
     lp(
         "evaluate --run runs/dpo_minipick/version_0/checkpoints/last.ckpt --baseline base "
         "--prompts my_prompts.txt --num_samples 512 --seed 0"
-    ): {"mode": "run", "extra": SHORT_EVAL},
+    ): {"mode": "run", "extra": SHORT_EVAL, "minipick": 1},
     TINY_FIT: {"mode": "run"},
+    lp("bench --out runs/bench"): {
+        "mode": "run",
+        "extra": ["--steps", "2", "--warmup", "1", "--batch_size", "2"],
+        "expect": "framework / baseline:",
+    },
     lp(f"fit {SD15}"): {"mode": "parse"},
     lp("fit --config experiments/dpo_sd15_lora.yaml"): {"mode": "parse"},
     "tensorboard --logdir runs/": {"mode": "run", "extra": ["--inspect"]},
@@ -94,6 +109,7 @@ PLAN: dict[str, dict] = {
     ): {
         "mode": "run",
         "extra": SHORT_FIT,
+        "minipick": 1,
     },
     lp(
         f"fit {SD15} --data lightning_pref.data.PairFolderDataModule --data.init_args.root my_pairs"
@@ -163,7 +179,7 @@ def test_named_test_exists(command):
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory, minipick_assets) -> Path:
+def sandbox(tmp_path_factory) -> Path:
     """A folder that looks like the repository to the commands, with its own runs/."""
     folder = tmp_path_factory.mktemp("readme")
     for name in ("experiments", "tests", "results"):
@@ -190,9 +206,17 @@ ORDERED = [c for c, p in PLAN.items() if p["mode"] in ("run", "parse")]
 ORDERED.sort(key=lambda c: "after" in PLAN[c])  # dependents last (module order is kept)
 
 
-@pytest.mark.parametrize("command", ORDERED)
-def test_readme_command(command, sandbox, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(c, marks=pytest.mark.minipick) if PLAN[c].get("minipick") else c
+        for c in ORDERED
+    ],
+)
+def test_readme_command(command, sandbox, monkeypatch, capsys, request):
     plan = PLAN[command]
+    if plan.get("minipick"):
+        request.getfixturevalue("minipick_assets")
     needs = plan.get("needs")
     if needs and subprocess.run(["which", needs], capture_output=True).returncode != 0:
         pytest.skip(f"{needs} is not installed (the SLURM tests install it as root)")

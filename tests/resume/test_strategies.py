@@ -55,6 +55,7 @@ def _unet_weights(ckpt: Path, tmp: Path) -> dict[str, torch.Tensor]:
     return {k[k.index("policy.unet.") :]: v for k, v in state.items() if "policy.unet." in k}
 
 
+@pytest.mark.minipick
 @pytest.mark.parametrize(
     "overlay", ["ddp.yaml", "fsdp.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml"]
 )
