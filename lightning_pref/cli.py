@@ -2,7 +2,9 @@
 
 Plus non-Trainer subcommands: ``bench`` (:mod:`lightning_pref.bench`), ``evaluate``
 (:mod:`lightning_pref.runs`), ``score-pairs`` (:func:`lightning_pref.data.scored.score_pairs_main`),
-``leaderboard`` (:mod:`lightning_pref.leaderboard`) and ``sweep`` (:mod:`lightning_pref.sweep`).
+``cache-latents`` (:mod:`lightning_pref.cache_latents`), ``leaderboard``
+(:mod:`lightning_pref.leaderboard`), ``sweep`` (:mod:`lightning_pref.sweep`) and ``export``
+(:mod:`lightning_pref.export`).
 """
 
 from __future__ import annotations
@@ -160,6 +162,16 @@ def main(args: list[str] | None = None) -> None:
             from lightning_pref.sweep import sweep_main
 
             sweep_main(list(argv[1:]))
+            return
+        if argv and argv[0] == "export":  # to diffusers pipeline/LoRA: lightning_pref.export
+            from lightning_pref.export import export_main
+
+            export_main(list(argv[1:]))
+            return
+        if argv and argv[0] == "cache-latents":  # encode pairs once: lightning_pref.cache_latents
+            from lightning_pref.cache_latents import cache_latents_main
+
+            cache_latents_main(list(argv[1:]))
             return
         if argv and argv[0] == "score-pairs":  # offline scoring for ScoreLabels (SmPO)
             from lightning_pref.data.scored import score_pairs_main

@@ -121,10 +121,20 @@ def cfg_predict(
     cond: Tensor,
     uncond: Tensor,
     guidance_scale: float,
+    uncond_denoiser: Denoiser | None = None,
 ) -> Tensor:
-    """``uncond + w·(cond − uncond)`` with both branches in one batched forward."""
+    """``uncond + w·(cond − uncond)`` with both branches in one batched forward.
+
+    With ``uncond_denoiser`` (negative guidance, Diffusion-NPO / Self-NPO) the unconditional
+    branch comes from that network instead, ``ε_neg(x_t, "") + w·(ε(x_t, c) − ε_neg(x_t, ""))``,
+    in two separate forwards. Batching changes the float summation order, so the two paths agree
+    to ~1e-6, not bit for bit, even when both networks are the same.
+    """
     if guidance_scale == 1.0:
         return denoiser(x_t, t, cond)
+    if uncond_denoiser is not None:
+        out_c, out_u = denoiser(x_t, t, cond), uncond_denoiser(x_t, t, uncond)
+        return out_u + guidance_scale * (out_c - out_u)
     out = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond]))
     out_u, out_c = out.chunk(2)
     return out_u + guidance_scale * (out_c - out_u)
@@ -152,7 +162,8 @@ def sample_images(
         guidance_scale: CFG weight (1.0 = no guidance).
         eta: 0 = deterministic DDIM, 1 = DDPM-like.
         denoiser: ``(x_t, t, embeds) -> prediction``; default the policy's UNet.
-        uncond_denoiser: a different network for the unconditional branch (negative guidance).
+        uncond_denoiser: a different network for the unconditional branch (negative guidance,
+            e.g. :class:`~lightning_pref.negative.NegativeGuidance`); None = ordinary CFG.
         latent_shape: ``(C, h, w)``; default the UNet's channels and sample size.
     """
     device = policy.alphas_cumprod.device
@@ -166,10 +177,6 @@ def sample_images(
     ratio = policy.num_train_timesteps // num_steps
     for t_int in steps:
         t = torch.full((len(captions),), t_int, device=device, dtype=torch.long)
-        if uncond_denoiser is None:
-            out = cfg_predict(denoiser, x, t, cond, uncond, guidance_scale)
-        else:
-            out_c, out_u = denoiser(x, t, cond), uncond_denoiser(x, t, uncond)
-            out = out_u + guidance_scale * (out_c - out_u)
+        out = cfg_predict(denoiser, x, t, cond, uncond, guidance_scale, uncond_denoiser)
         x = ddim_step(policy, out, x, t, t - ratio, eta, generator).prev_sample
     return policy.decode_latents(x)

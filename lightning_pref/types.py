@@ -17,6 +17,7 @@ __all__ = [
     "DenoisePair",
     "ImageLabelBatch",
     "ImagePairBatch",
+    "LatentPairBatch",
     "ObjectiveOutput",
     "PairBatch",
     "PromptBatch",
@@ -37,6 +38,25 @@ class ImagePairBatch:
     captions: list[str]  # B captions; "" where empty-prompt dropout fired
     pref_prob: Tensor  # [B] P(w ≻ l); 1.0 for hard labels
     num_skipped: int = 0  # corrupt rows dropped while building this batch
+    raw_captions: list[str] | None = None  # B captions before dropout (AI-feedback relabelling)
+
+
+@dataclass
+class LatentPairBatch:
+    """Preference pairs read from a latent cache (``python -m lightning_pref cache-latents``).
+
+    The VAE posterior is kept as its mean and standard deviation, unscaled, so the module draws a
+    fresh latent every step exactly as encoding on the fly would (METHODS §1.1: sampled, not the
+    mean). A pixel-space model caches its pixels as ``mean_*`` and has no ``std_*``.
+    """
+
+    mean_w: Tensor  # [B, C, h, w] posterior mean of the preferred image (or its pixels)
+    mean_l: Tensor  # [B, C, h, w]
+    std_w: Tensor | None  # [B, C, h, w] posterior std; None for a pixel-space model
+    std_l: Tensor | None  # [B, C, h, w]
+    prompt_embeds: Tensor  # [B, L, D] frozen text-encoder output; the "" embedding on dropout
+    pref_prob: Tensor  # [B] P(w ≻ l); 1.0 for hard labels
+    num_skipped: int = 0  # rows dropped while the cache was read
 
 
 @dataclass

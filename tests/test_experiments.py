@@ -48,3 +48,16 @@ def test_config_has_header_comment(config):
     first = config.read_text().splitlines()[0]
     assert first.startswith("# "), "each config starts with a comment: what, source, hardware, run"
     assert "Run:" in config.read_text()
+
+
+@pytest.mark.parametrize("backbone", ["sd15", "sdxl"])
+@pytest.mark.parametrize("method", ["dpo", "spo", "tailorpo", "smpo"])
+def test_each_method_ships_sd15_and_sdxl_configs(method, backbone, capsys):
+    """The official-recipe configs exist for both backbones and point at the right base model."""
+    config = ROOT / "experiments" / f"{method}_{backbone}.yaml"
+    assert config.is_file(), f"missing {config.name}"
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), "--print_config"])
+    policy = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["policy"]
+    pretrained = policy["init_args"]["pretrained"]
+    assert ("xl" in pretrained) == (backbone == "sdxl"), pretrained

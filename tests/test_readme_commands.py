@@ -157,6 +157,26 @@ PLAN: dict[str, dict] = {
         "--trainer.callbacks.every_n_steps 10 --trainer.callbacks+=lightning_pref.callbacks.EMA "
         "--trainer.callbacks.decay 0.99"
     ): {"mode": "run"},
+    lp("cache-latents --config tests/configs/tiny_dpo.yaml --out cache/tiny_dpo"): {"mode": "run"},
+    lp("fit --config experiments/dpo_sd15_fast.yaml"): {"mode": "parse"},
+    lp("export --ckpt_path runs/dpo_sd15/version_0/checkpoints/last.ckpt --out exports/dpo_sd15"): {
+        "mode": "test",
+        "test": "tests/test_export.py::test_full_export_is_a_ddim_pipeline_that_samples_like_ours",
+    },
+    lp(
+        "export --ckpt_path runs/dpo_sd15_lora/version_0/checkpoints/last.ckpt "
+        "--out exports/dpo_sd15_lora"
+    ): {
+        "mode": "test",
+        "test": "tests/test_export.py::test_lora_export_loads_into_the_base_pipeline",
+    },
+    lp(
+        "export --ckpt_path runs/dpo_sd15/version_0/checkpoints/last.ckpt "
+        "--out exports/dpo_sd15_ema --ema true"
+    ): {
+        "mode": "test",
+        "test": "tests/test_export.py::test_ema_export_writes_the_averaged_weights",
+    },
 }
 
 

@@ -2,6 +2,7 @@
 
 from lightning_pref.data.fake import PICKAPIC_SCHEMA, write_fake_pickapic
 from lightning_pref.data.folder import PairFolderDataModule, read_pair_csv
+from lightning_pref.data.latent_cache import CachedPairDataModule, CachedPairs, build_latent_cache
 from lightning_pref.data.pairs import (
     PairBuilder,
     PairCollate,
@@ -30,6 +31,8 @@ __all__ = [
     "SCORE_COLUMNS",
     "SMPO_SCORE_MAX",
     "SMPO_SCORE_MIN",
+    "CachedPairDataModule",
+    "CachedPairs",
     "ImageTransform",
     "PairBuilder",
     "PairCollate",
@@ -46,6 +49,7 @@ __all__ = [
     "ScoreLabels",
     "StepPool",
     "StepPoolSampler",
+    "build_latent_cache",
     "decode_image",
     "load_prompts",
     "read_pair_csv",

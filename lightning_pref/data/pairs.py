@@ -47,6 +47,7 @@ class PairSample:
     pixels_l: Tensor  # [3, H, W]
     caption: str  # "" where empty-prompt dropout fired
     pref_prob: float  # P(w ≻ l): 1.0 hard, 0.5 kept tie, sigmoid(n_w - n_l) score labels
+    raw_caption: str | None = None  # the caption before empty-prompt dropout
 
 
 def label_status(value: Any) -> str:
@@ -112,13 +113,13 @@ class PairBuilder:
         """
         swap, pref_prob = self.order(row)
         jpg_w, jpg_l = (row["jpg_1"], row["jpg_0"]) if swap else (row["jpg_0"], row["jpg_1"])
-        caption = "" if row["caption"] is None else str(row["caption"])
+        raw = caption = "" if row["caption"] is None else str(row["caption"])
         if rng.random() < self.proportion_empty_prompts:
             caption = ""
         image_w, image_l = decode_image(jpg_w), decode_image(jpg_l)
         pixels_w = self.transform(image_w, rng)  # [3, R, R]
         pixels_l = self.transform(image_l, rng)  # [3, R, R]
-        return PairSample(pixels_w, pixels_l, caption, pref_prob)
+        return PairSample(pixels_w, pixels_l, caption, pref_prob, raw)
 
 
 @dataclass
@@ -145,7 +146,10 @@ class PairCollate:
         pixels_l = torch.stack([s.pixels_l for s in good])  # [B, 3, R, R]
         pref_prob = torch.tensor([s.pref_prob for s in good], dtype=torch.float32)  # [B]
         captions = [s.caption for s in good]
-        return ImagePairBatch(pixels_w, pixels_l, captions, pref_prob, len(samples) - len(good))
+        raw = [s.caption if s.raw_caption is None else s.raw_caption for s in good]
+        return ImagePairBatch(
+            pixels_w, pixels_l, captions, pref_prob, len(samples) - len(good), raw_captions=raw
+        )
 
 
 class _SkipLogger:

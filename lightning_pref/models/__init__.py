@@ -1,22 +1,40 @@
 """Diffusion policies, their components, loading and tiny test models."""
 
 from lightning_pref.models.components import DiffusionComponents
-from lightning_pref.models.loading import load_components
-from lightning_pref.models.policy import DiffusionPolicy, TinyDiffusionPolicy
+from lightning_pref.models.fast import FastPath
+from lightning_pref.models.loading import load_components, load_vae
+from lightning_pref.models.policy import (
+    DiffusionPolicy,
+    TinyDiffusionPolicy,
+    pack_sdxl_conditioning,
+    unpack_sdxl_conditioning,
+)
 from lightning_pref.models.tiny import (
     build_tiny_components,
+    build_tiny_sdxl_components,
     save_tiny_clip,
     save_tiny_pipeline,
+    save_tiny_sdxl_pipeline,
+    save_tiny_vae,
+    save_tiny_vpred_pipeline,
     tiny_tokenizer,
 )
 
 __all__ = [
     "DiffusionComponents",
     "DiffusionPolicy",
+    "FastPath",
     "TinyDiffusionPolicy",
     "build_tiny_components",
+    "build_tiny_sdxl_components",
     "load_components",
+    "load_vae",
+    "pack_sdxl_conditioning",
     "save_tiny_clip",
     "save_tiny_pipeline",
+    "save_tiny_sdxl_pipeline",
+    "save_tiny_vae",
+    "save_tiny_vpred_pipeline",
     "tiny_tokenizer",
+    "unpack_sdxl_conditioning",
 ]

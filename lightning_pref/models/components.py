@@ -5,16 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 __all__ = ["DiffusionComponents"]
 
 
 @dataclass
 class DiffusionComponents:
-    """One text-to-image model in Stable Diffusion layout.
+    """One text-to-image model in Stable Diffusion (1.x/2.x) or SDXL layout.
 
     ``vae`` is None for a pixel-space model (the denoiser works on images directly).
+    ``text_encoder_2``/``tokenizer_2`` are set for SDXL only (OpenCLIP bigG with projection, whose
+    pooled output feeds the UNet's ``text_time`` embedding). ``force_zeros_for_empty_prompt`` is
+    the SDXL pipeline flag of the same name (``model_index.json``): the empty prompt is encoded
+    as all zeros.
     """
 
     unet: UNet2DConditionModel
@@ -22,3 +26,6 @@ class DiffusionComponents:
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
     vae: AutoencoderKL | None = None
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
+    force_zeros_for_empty_prompt: bool = False

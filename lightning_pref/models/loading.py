@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer
+from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from lightning_pref.errors import ModelLoadError
 from lightning_pref.models.components import DiffusionComponents
 
-__all__ = ["load_components", "looks_like_local_path"]
+__all__ = ["check_source", "load_components", "load_vae", "looks_like_local_path"]
 
 _REQUIRED = ("unet", "scheduler", "text_encoder", "tokenizer")
 
@@ -27,12 +28,40 @@ def looks_like_local_path(name: str) -> bool:
     )
 
 
-def _hub_hint(name: str) -> str:
+def _hub_hint(name: str, arg: str = "pretrained") -> str:
     return (
         f"cannot load '{name}' from the Hugging Face Hub (no network access, or not cached). "
         f"Download it on a connected machine (`hf download {name} --local-dir DIR`), copy DIR "
-        "here and pass --model.init_args.policy.init_args.pretrained DIR"
+        f"here and pass --model.init_args.policy.init_args.{arg} DIR"
     )
+
+
+def check_source(name: str, revision: str | None, arg: str, what: str = "model") -> None:
+    """Fail at once if ``name`` is a missing folder, or a hub id neither reachable nor cached.
+
+    Args:
+        name: a folder or hub id.
+        revision: hub revision.
+        arg: the policy argument that names it (for the fix in the message).
+        what: what it is, for the message.
+
+    Raises:
+        ModelLoadError: one line naming the fix.
+    """
+    if looks_like_local_path(name):
+        if not Path(name).expanduser().is_dir():
+            raise ModelLoadError(f"{what} folder '{name}' does not exist")
+        return
+    from huggingface_hub import snapshot_download
+
+    try:  # configs only: a few KB online, or the local cache offline
+        snapshot_download(name, revision=revision, allow_patterns=["*.json", "*.txt"])
+    except Exception as err:
+        raise ModelLoadError(
+            f"cannot reach '{name}' on the Hugging Face Hub and it is not cached. "
+            f"Download it on a connected machine (`hf download {name} --local-dir DIR`), copy "
+            f"DIR here and pass --model.init_args.policy.init_args.{arg} DIR"
+        ) from err
 
 
 def load_components(
@@ -40,15 +69,23 @@ def load_components(
     revision: str | None = None,
     variant: str | None = None,
     unet_path: str | None = None,
+    vae_path: str | None = None,
 ) -> DiffusionComponents:
-    """Load UNet, noise scheduler, text encoder, tokenizer and optional VAE.
+    """Load UNet, noise scheduler, text encoder(s), tokenizer(s) and optional VAE.
+
+    An SDXL folder also gives ``text_encoder_2`` (with projection), ``tokenizer_2`` and
+    ``model_index.json``'s ``force_zeros_for_empty_prompt`` (absent: True, the pipeline default).
+    A scheduler config without ``clip_sample`` (SDXL's Euler: it never clips) gets False, not
+    ``DDPMScheduler``'s pixel-space default of True.
 
     Args:
-        pretrained: a folder in diffusers Stable Diffusion layout (``unet/``, ``scheduler/``,
-            ``text_encoder/``, ``tokenizer/``, optionally ``vae/``) or a hub id.
+        pretrained: a diffusers SD/SDXL folder (``unet/``, ``scheduler/``, ``text_encoder/``,
+            ``tokenizer/``; optionally ``vae/``, ``text_encoder_2/``, ``tokenizer_2/``) or hub id.
         revision: hub revision (ignored for local folders).
         variant: weight variant such as ``fp16``.
         unet_path: load the UNet from this folder instead (e.g. an SFT-initialised UNet).
+        vae_path: load the VAE from here instead (see :func:`load_vae`), e.g. SDXL's fp16-fix
+            VAE ``madebyollin/sdxl-vae-fp16-fix`` as the official SDXL recipes do.
 
     Raises:
         ModelLoadError: one line naming what is missing and how to fix it.
@@ -56,50 +93,131 @@ def load_components(
     local = looks_like_local_path(pretrained)
     root = Path(pretrained).expanduser()
     if local:
-        if not root.is_dir():
-            raise ModelLoadError(f"model folder '{pretrained}' does not exist")
-        missing = [sub for sub in _REQUIRED if not (root / sub).is_dir()]
-        if missing:
-            raise ModelLoadError(
-                f"'{pretrained}' is not a diffusers Stable Diffusion folder: missing "
-                f"{', '.join(f'{m}/' for m in missing)}"
-            )
+        _check_layout(pretrained, root)
     source = str(root) if local else pretrained
-    kwargs = {} if local else {"revision": revision}
+    kwargs: dict[str, Any] = {} if local else {"revision": revision}
+    folder = root if local else None
     try:
-        unet_src = (
-            {"pretrained_model_name_or_path": unet_path}
-            if unet_path
-            else {
-                "pretrained_model_name_or_path": source,
-                "subfolder": "unet",
-                "variant": variant,
-                **kwargs,
-            }
+        index = _model_index(source, folder, kwargs)
+        parts = DiffusionComponents(
+            unet=_load_unet(source, unet_path, variant, kwargs),
+            noise_scheduler=_load_scheduler(source, kwargs),
+            text_encoder=CLIPTextModel.from_pretrained(
+                source, subfolder="text_encoder", variant=variant, **kwargs
+            ),
+            tokenizer=_load_tokenizer(source, folder, kwargs),
         )
-        unet = UNet2DConditionModel.from_pretrained(**unet_src)
-        scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
-        text_encoder = CLIPTextModel.from_pretrained(
-            source, subfolder="text_encoder", variant=variant, **kwargs
-        )
-        tokenizer = _load_tokenizer(source, root if local else None, kwargs)
-        vae = None
-        if not local or (root / "vae").is_dir():
-            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", variant=variant, **kwargs)
+        _load_optional_parts(parts, source, folder, index, variant, kwargs)
     except ModelLoadError:
         raise
     except Exception as err:  # hub/network/format errors come in many types
         if local:
             raise ModelLoadError(f"failed to load '{pretrained}': {_first_line(err)}") from err
         raise ModelLoadError(_hub_hint(pretrained)) from err
-    return DiffusionComponents(unet, scheduler, text_encoder, tokenizer, vae)
+    if vae_path is not None:
+        parts.vae = load_vae(vae_path)
+    return parts
 
 
-def _load_tokenizer(source: str, root: Path | None, kwargs: dict) -> Any:
+def _check_layout(pretrained: str, root: Path) -> None:
+    if not root.is_dir():
+        raise ModelLoadError(f"model folder '{pretrained}' does not exist")
+    missing = [sub for sub in _REQUIRED if not (root / sub).is_dir()]
+    if missing:
+        raise ModelLoadError(
+            f"'{pretrained}' is not a diffusers Stable Diffusion folder: missing "
+            f"{', '.join(f'{m}/' for m in missing)}"
+        )
+
+
+def _load_unet(
+    source: str, unet_path: str | None, variant: str | None, kwargs: dict[str, Any]
+) -> UNet2DConditionModel:
+    if unet_path:
+        return UNet2DConditionModel.from_pretrained(unet_path)
+    return UNet2DConditionModel.from_pretrained(source, subfolder="unet", variant=variant, **kwargs)
+
+
+def _load_optional_parts(
+    parts: DiffusionComponents,
+    source: str,
+    root: Path | None,
+    index: dict[str, Any],
+    variant: str | None,
+    kwargs: dict[str, Any],
+) -> None:
+    """Add the VAE (if the folder has one) and SDXL's second text encoder and tokenizer."""
+    if root is None or (root / "vae").is_dir():
+        parts.vae = AutoencoderKL.from_pretrained(
+            source, subfolder="vae", variant=variant, **kwargs
+        )
+    if _has_component(index, root, "text_encoder_2"):
+        parts.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+            source, subfolder="text_encoder_2", variant=variant, **kwargs
+        )
+        parts.tokenizer_2 = _load_tokenizer(source, root, kwargs, "tokenizer_2")
+        # the SDXL pipeline's default when the flag is absent
+        parts.force_zeros_for_empty_prompt = bool(index.get("force_zeros_for_empty_prompt", True))
+
+
+def _model_index(source: str, root: Path | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's ``model_index.json`` ({} for a local folder without one)."""
+    if root is not None:
+        path = root / "model_index.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+    from huggingface_hub import hf_hub_download
+
+    return json.loads(Path(hf_hub_download(source, "model_index.json", **kwargs)).read_text())
+
+
+def _has_component(index: dict[str, Any], root: Path | None, name: str) -> bool:
+    """Whether the pipeline has component ``name`` (a local subfolder, or in the hub index)."""
+    if root is not None:
+        return (root / name).is_dir()
+    entry = index.get(name)
+    return isinstance(entry, list) and entry[0] is not None
+
+
+def _load_scheduler(source: str, kwargs: dict[str, Any]) -> DDPMScheduler:
+    """The training noise schedule, read into ``DDPMScheduler`` whatever class was saved."""
+    config = DDPMScheduler.load_config(source, subfolder="scheduler", **kwargs)
+    scheduler = DDPMScheduler.from_config(config)
+    if "clip_sample" not in config:  # e.g. SDXL's Euler config: that class never clips
+        scheduler.register_to_config(clip_sample=False)
+    return scheduler
+
+
+def load_vae(vae_path: str) -> AutoencoderKL:
+    """A VAE from another folder or hub id than the model's (e.g. SDXL's fp16-fix VAE).
+
+    Args:
+        vae_path: a folder holding the VAE (its ``config.json`` and weights, or a diffusers
+            pipeline folder with ``vae/``), or a hub id with the VAE at its root, such as
+            ``madebyollin/sdxl-vae-fp16-fix``.
+
+    Raises:
+        ModelLoadError: one line naming the fix.
+    """
+    local = looks_like_local_path(vae_path)
+    root = Path(vae_path).expanduser()
+    if local and not root.is_dir():
+        raise ModelLoadError(f"VAE folder '{vae_path}' does not exist")
+    subfolder = "vae" if local and (root / "vae").is_dir() else None
+    try:
+        return AutoencoderKL.from_pretrained(str(root) if local else vae_path, subfolder=subfolder)
+    except Exception as err:
+        if local:
+            raise ModelLoadError(f"failed to load VAE '{vae_path}': {_first_line(err)}") from err
+        raise ModelLoadError(_hub_hint(vae_path, "vae_path")) from err
+
+
+def _load_tokenizer(
+    source: str, root: Path | None, kwargs: dict, subfolder: str = "tokenizer"
+) -> Any:
     """CLIP BPE (``vocab.json`` + ``merges.txt``, as SD ships) or a ``tokenizer.json`` folder."""
-    if root is not None and not (root / "tokenizer" / "merges.txt").exists():
-        return AutoTokenizer.from_pretrained(str(root / "tokenizer"))
-    return CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
+    if root is not None and not (root / subfolder / "merges.txt").exists():
+        return AutoTokenizer.from_pretrained(str(root / subfolder))
+    return CLIPTokenizer.from_pretrained(source, subfolder=subfolder, **kwargs)
 
 
 def _first_line(err: BaseException) -> str:

@@ -4,32 +4,71 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_pref.errors import ConfigError, ModelLoadError
+from lightning_pref.errors import ConfigError
 from lightning_pref.models.components import DiffusionComponents
-from lightning_pref.models.loading import load_components, looks_like_local_path
+from lightning_pref.models.loading import check_source, load_components
 
-__all__ = ["DiffusionPolicy", "TinyDiffusionPolicy"]
+__all__ = [
+    "DiffusionPolicy",
+    "TinyDiffusionPolicy",
+    "pack_sdxl_conditioning",
+    "unpack_sdxl_conditioning",
+]
 
 PredictionType = Literal["epsilon", "v_prediction"]
 DEFAULT_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+SDXL_NUM_TIME_IDS = 6  # (H, W, crop top, crop left, target H, target W)
+
+
+def pack_sdxl_conditioning(hidden: Tensor, pooled: Tensor) -> Tensor:
+    """Pack SDXL's two text conditionings into one tensor ``[B, L + 1, D]``.
+
+    ``hidden`` ``[B, L, D]`` (both encoders' penultimate states, concatenated) keeps rows
+    ``0..L-1``; row ``L`` holds ``pooled`` ``[B, P]`` (P <= D) zero-padded to D.
+    """
+    if pooled.shape[-1] > hidden.shape[-1]:
+        raise ValueError(f"pooled width {pooled.shape[-1]} > text width {hidden.shape[-1]}")
+    row = F.pad(pooled, (0, hidden.shape[-1] - pooled.shape[-1])).to(hidden.dtype)  # [B, D]
+    return torch.cat([hidden, row.unsqueeze(1)], dim=1)
+
+
+def unpack_sdxl_conditioning(packed: Tensor, pooled_dim: int) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`pack_sdxl_conditioning`: ``([B, L, D], [B, pooled_dim])``."""
+    return packed[:, :-1], packed[:, -1, :pooled_dim]
 
 
 class DiffusionPolicy(nn.Module):
     """A text-conditional diffusers UNet with its noise scheduler, text encoder, tokenizer and VAE.
 
-    Only the UNet trains (fully, or through LoRA adapters); the VAE and text encoder are frozen and
-    in eval mode. Weights are loaded by :meth:`build`, which the LightningModule calls from
+    Only the UNet trains (fully, or through LoRA adapters); the VAE and text encoder(s) are frozen
+    and in eval mode. Weights are loaded by :meth:`build`, which the LightningModule calls from
     ``configure_model`` so that sharded strategies can wrap the model at init. The constructor only
     checks that the source exists, so a wrong path or a missing hub connection fails at once.
 
+    The folder decides the backbone. SD1.x and SD2.x (ε or v-prediction, read from the scheduler
+    config) condition on the last hidden states ``[B, 77, D]`` of one text encoder. An SDXL base
+    folder (``text_encoder_2/``, UNet ``addition_embed_type="text_time"``) is encoded as
+    diffusers' ``StableDiffusionXLPipeline.encode_prompt`` does, and packed into the same single
+    tensor that the rest of the package repeats, chunks, concatenates and caches:
+    ``prompt_embeds [B, 78, 2048]`` = rows 0..76, the penultimate hidden states of
+    ``text_encoder`` (768) and ``text_encoder_2`` (1280) concatenated on the last dim; row 77, the
+    pooled projection of ``text_encoder_2`` (1280 values) zero-padded to 2048 (see
+    :func:`pack_sdxl_conditioning`). :meth:`unet_forward` unpacks it into
+    ``encoder_hidden_states`` and ``added_cond_kwargs={"text_embeds", "time_ids"}``, with the
+    size conditioning fixed to ``(H, W, 0, 0, H, W)`` for the pixel size of ``x_t`` as the
+    official Diffusion-DPO SDXL code fixes it (METHODS §1.2). With
+    ``force_zeros_for_empty_prompt`` (SDXL base: True) a caption ``""`` is encoded as all zeros:
+    the unconditional branch of CFG, as the SDXL pipeline does, and also captions emptied by
+    caption dropout (the official Diffusion-DPO code encodes those: pass False to match it).
+
     Args:
-        pretrained: a diffusers Stable Diffusion folder or a hub id.
+        pretrained: a diffusers Stable Diffusion (1.x, 2.x or XL) folder or a hub id.
         revision: hub revision.
         variant: weight variant, e.g. ``fp16``.
         unet_path: initialise the UNet from this folder instead of ``pretrained/unet``.
@@ -40,6 +79,10 @@ class DiffusionPolicy(nn.Module):
         lora_target_modules: attention projections that get adapters.
         gradient_checkpointing: trade compute for memory in the UNet.
         check_source: verify at construction that ``pretrained`` can be loaded.
+        vae_path: load the VAE from this folder or hub id instead of ``pretrained/vae``; SDXL
+            recipes use the fp16-fix VAE ``madebyollin/sdxl-vae-fp16-fix`` (METHODS §1.3, §2.4).
+        force_zeros_for_empty_prompt: SDXL only: encode ``""`` as zeros; None = the folder's
+            ``model_index.json`` flag (True for SDXL base).
     """
 
     def __init__(
@@ -54,65 +97,61 @@ class DiffusionPolicy(nn.Module):
         lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
         gradient_checkpointing: bool = False,
         check_source: bool = True,
+        vae_path: str | None = None,
+        force_zeros_for_empty_prompt: bool | None = None,
     ) -> None:
         super().__init__()
         self.pretrained = pretrained
         self.revision = revision
         self.variant = variant
         self.unet_path = unet_path
+        self.vae_path = vae_path
+        self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         self.prediction_type_override = prediction_type
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha
         self.lora_target_modules = list(lora_target_modules)
         self.gradient_checkpointing = gradient_checkpointing
+        self.pooled_dim: int | None = None  # set by build() for SDXL
+        self.zero_empty_prompt = False
         self._built = False
         if check_source:
             self._check_source()
 
     # ------------------------------------------------------------------ building
     def _check_source(self) -> None:
-        if looks_like_local_path(self.pretrained):
-            if not Path(self.pretrained).expanduser().is_dir():
-                raise ModelLoadError(f"model folder '{self.pretrained}' does not exist")
-            return
-        from huggingface_hub import snapshot_download
-
-        try:  # configs only: a few KB online, or the local cache offline
-            snapshot_download(
-                self.pretrained, revision=self.revision, allow_patterns=["*.json", "*.txt"]
-            )
-        except Exception as err:
-            raise ModelLoadError(
-                f"cannot reach '{self.pretrained}' on the Hugging Face Hub and it is not cached. "
-                f"Download it on a connected machine (`hf download {self.pretrained} --local-dir "
-                "DIR`), copy DIR here and pass --model.init_args.policy.init_args.pretrained DIR"
-            ) from err
+        check_source(self.pretrained, self.revision, "pretrained", "model")
+        if self.vae_path is not None:
+            check_source(self.vae_path, None, "vae_path", "VAE")
 
     def _load_components(self) -> DiffusionComponents:
         """Return the model parts; subclasses may build them in code instead."""
-        return load_components(self.pretrained, self.revision, self.variant, self.unet_path)
+        return load_components(
+            self.pretrained, self.revision, self.variant, self.unet_path, self.vae_path
+        )
 
     def build(self) -> None:
         """Load the parts, freeze what does not train and attach LoRA. Idempotent."""
         if self._built:
             return
         parts = self._load_components()
-        if parts.unet.config.get("addition_embed_type") is not None:
-            raise ConfigError(
-                f"'{self.pretrained}' is an SDXL-style UNet (addition_embed_type="
-                f"'{parts.unet.config.addition_embed_type}'); its pooled-text and size "
-                "conditioning is not supported yet: use an SD1.x/2.x model"
-            )
+        self.pooled_dim = self._sdxl_pooled_dim(parts)
         self.unet = parts.unet
         self.vae = parts.vae
         self.text_encoder = parts.text_encoder
         self.tokenizer = parts.tokenizer
+        self.text_encoder_2 = parts.text_encoder_2 if self.pooled_dim is not None else None
+        self.tokenizer_2 = parts.tokenizer_2 if self.pooled_dim is not None else None
+        force_zeros = self.force_zeros_for_empty_prompt
+        self.zero_empty_prompt = self.pooled_dim is not None and (
+            parts.force_zeros_for_empty_prompt if force_zeros is None else force_zeros
+        )
         self.noise_scheduler = parts.noise_scheduler
         if self.prediction_type_override is not None:
             self.noise_scheduler.register_to_config(prediction_type=self.prediction_type_override)
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError(f"unsupported prediction_type '{self.prediction_type}'")
-        for frozen in (self.vae, self.text_encoder):
+        for frozen in (self.vae, self.text_encoder, self.text_encoder_2):
             if frozen is not None:
                 frozen.requires_grad_(False).eval()
         if self.lora_rank is not None:
@@ -123,6 +162,29 @@ class DiffusionPolicy(nn.Module):
             "alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone().float(), persistent=False
         )
         self._built = True
+
+    def _sdxl_pooled_dim(self, parts: DiffusionComponents) -> int | None:
+        """Width of SDXL's pooled text embedding; None for a UNet without added conditioning."""
+        config = parts.unet.config
+        kind = config.get("addition_embed_type")
+        if kind is None:
+            return None
+        if kind != "text_time" or parts.text_encoder_2 is None:
+            raise ConfigError(
+                f"'{self.pretrained}': UNet addition_embed_type='{kind}'"
+                f"{'' if parts.text_encoder_2 else ' without text_encoder_2/'} is not supported: "
+                "use an SD1.x/2.x or SDXL base model"
+            )
+        pooled = int(parts.text_encoder_2.config.projection_dim)
+        time_ids = (config.projection_class_embeddings_input_dim - pooled) / max(
+            config.addition_time_embed_dim, 1
+        )
+        if time_ids != SDXL_NUM_TIME_IDS:
+            raise ConfigError(
+                f"'{self.pretrained}': the UNet takes {time_ids:g} size/crop ids (an SDXL "
+                f"refiner?); only SDXL base's {SDXL_NUM_TIME_IDS} (H, W, 0, 0, H, W) are supported"
+            )
+        return pooled
 
     def load_base_unet(self) -> nn.Module:
         """A second, independent copy of the UNet as loaded (before LoRA).
@@ -152,6 +214,18 @@ class DiffusionPolicy(nn.Module):
         return self.lora_rank is not None
 
     @property
+    def is_sdxl(self) -> bool:
+        """Whether this is an SDXL model (two text encoders, pooled-text and size conditioning)."""
+        return self.pooled_dim is not None
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent pixel (8 for SD/SDXL; 1 without a VAE)."""
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
     def prediction_type(self) -> str:
         """``epsilon`` or ``v_prediction``."""
         return str(self.noise_scheduler.config.prediction_type)
@@ -173,17 +247,35 @@ class DiffusionPolicy(nn.Module):
             self.unet.enable_adapters()
 
     # ------------------------------------------------------------------ encoding
-    @torch.no_grad()
-    def encode_prompt(self, captions: Sequence[str]) -> Tensor:
-        """Token ids → last hidden states ``[B, L, D]`` of the frozen text encoder."""
-        ids = self.tokenizer(
-            list(captions),
+    def _token_ids(self, tokenizer: Any, captions: list[str]) -> Tensor:
+        return tokenizer(
+            captions,
             padding="max_length",
-            max_length=self.tokenizer.model_max_length,
+            max_length=tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
         ).input_ids.to(self.unet.device)  # [B, L]
-        return self.text_encoder(ids)[0]
+
+    @torch.no_grad()
+    def encode_prompt(self, captions: Sequence[str]) -> Tensor:
+        """Captions → text conditioning ``[B, L, D]`` of the frozen text encoder(s).
+
+        SD1.x/2.x: the last hidden states. SDXL: the packed tensor ``[B, L + 1, D1 + D2]``
+        described in the class docstring (all zeros for ``""`` with the force-zeros flag).
+        """
+        captions = list(captions)
+        if not self.is_sdxl:
+            return self.text_encoder(self._token_ids(self.tokenizer, captions))[0]
+        ids_1 = self._token_ids(self.tokenizer, captions)
+        ids_2 = self._token_ids(self.tokenizer_2, captions)
+        out_1 = self.text_encoder(ids_1, output_hidden_states=True)
+        out_2 = self.text_encoder_2(ids_2, output_hidden_states=True)
+        hidden = torch.cat([out_1.hidden_states[-2], out_2.hidden_states[-2]], dim=-1)
+        packed = pack_sdxl_conditioning(hidden, out_2.text_embeds)  # [B, L + 1, D1 + D2]
+        if self.zero_empty_prompt:
+            empty = torch.tensor([c == "" for c in captions], device=packed.device)
+            packed = packed.masked_fill(empty.view(-1, 1, 1), 0.0)
+        return packed
 
     @torch.no_grad()
     def encode_images(self, pixels: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -220,9 +312,33 @@ class DiffusionPolicy(nn.Module):
         a = self.alphas_cumprod[timesteps].view(-1, *[1] * (x0.dim() - 1)).to(x0.dtype)
         return a.sqrt() * noise - (1 - a).sqrt() * x0
 
+    def add_time_ids(self, x_t: Tensor) -> Tensor:
+        """SDXL size conditioning ``[N, 6]``: ``(H, W, 0, 0, H, W)`` with H, W in pixels.
+
+        Original size = target size = the image size, crop offset 0, as in the official
+        Diffusion-DPO SDXL code (METHODS §1.2).
+        """
+        h, w = (int(s) * self.vae_scale_factor for s in x_t.shape[-2:])
+        ids = torch.tensor([h, w, 0, 0, h, w], device=x_t.device, dtype=torch.float32)
+        return ids.expand(x_t.shape[0], SDXL_NUM_TIME_IDS)
+
+    def unet_forward(
+        self, unet: nn.Module, x_t: Tensor, timesteps: Tensor, prompt_embeds: Tensor
+    ) -> Tensor:
+        """Run ``unet`` (this policy's or a reference) on :meth:`encode_prompt`'s output.
+
+        Returns ``[N, C, h, w]``.
+        """
+        if not self.is_sdxl:
+            return unet(x_t, timesteps, encoder_hidden_states=prompt_embeds).sample
+        assert self.pooled_dim is not None
+        hidden, pooled = unpack_sdxl_conditioning(prompt_embeds, self.pooled_dim)
+        added = {"text_embeds": pooled, "time_ids": self.add_time_ids(x_t).to(hidden.dtype)}
+        return unet(x_t, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
+
     def forward(self, x_t: Tensor, timesteps: Tensor, prompt_embeds: Tensor) -> Tensor:
         """The UNet's prediction ``[N, C, h, w]`` (ε or v)."""
-        return self.unet(x_t, timesteps, encoder_hidden_states=prompt_embeds).sample
+        return self.unet_forward(self.unet, x_t, timesteps, prompt_embeds)
 
 
 class TinyDiffusionPolicy(DiffusionPolicy):
@@ -237,6 +353,8 @@ class TinyDiffusionPolicy(DiffusionPolicy):
         prediction_type: ``epsilon`` or ``v_prediction``.
         lora_rank: LoRA rank, or None for full fine-tuning.
         lora_alpha: LoRA alpha; None = rank.
+        sdxl: an SDXL-shaped model (:func:`~lightning_pref.models.build_tiny_sdxl_components`);
+            ``cross_attention_dim`` is then the width of both text encoders together.
     """
 
     def __init__(
@@ -249,6 +367,7 @@ class TinyDiffusionPolicy(DiffusionPolicy):
         prediction_type: PredictionType = "epsilon",
         lora_rank: int | None = None,
         lora_alpha: float | None = None,
+        sdxl: bool = False,
     ) -> None:
         super().__init__(
             pretrained="<tiny>",
@@ -265,8 +384,10 @@ class TinyDiffusionPolicy(DiffusionPolicy):
             "prediction_type": prediction_type,
             "seed": seed,
         }
+        self.sdxl = sdxl
 
     def _load_components(self) -> DiffusionComponents:
-        from lightning_pref.models.tiny import build_tiny_components
+        from lightning_pref.models.tiny import build_tiny_components, build_tiny_sdxl_components
 
-        return build_tiny_components(**self.tiny_kwargs)  # type: ignore[arg-type]
+        build = build_tiny_sdxl_components if self.sdxl else build_tiny_components
+        return build(**self.tiny_kwargs)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from dataclasses import asdict
 from typing import Any, Literal
 
 import torch
@@ -12,6 +13,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_pref.errors import ConfigError
+from lightning_pref.models.fast import FastPath
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.objectives.base import PreferenceObjective
 from lightning_pref.seeding import resolve_seed
@@ -42,6 +44,8 @@ class PreferenceModule(LightningModule):
         lr_scheduler: optional LR-schedule factory, stepped every optimizer step.
         reference: how the frozen reference is made.
         seed: seed of the per-step generators; None: the run's ``--seed_everything``.
+        fast: speed options (``torch.compile``, channels-last, a bf16 reference, ...); None: the
+            plain path. See :class:`~lightning_pref.models.FastPath`.
     """
 
     def __init__(
@@ -52,11 +56,24 @@ class PreferenceModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         reference: ReferenceMode = "auto",
         seed: int | None = None,
+        fast: FastPath | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
-            ignore=["policy", "objective", "pool", "noising", "optimizer", "lr_scheduler"]
+            ignore=[
+                "policy",
+                "objective",
+                "pool",
+                "noising",
+                "optimizer",
+                "lr_scheduler",
+                "fast",
+                "relabel",
+            ]  # fmt: skip
         )
+        self.fast = fast if fast is not None else FastPath()
+        self.hparams["fast"] = asdict(self.fast)  # plain dict: loadable with weights_only=True
+        self._fast_applied = False
         self.policy = policy
         self.objective = objective
         self.optimizer_factory = optimizer
@@ -81,6 +98,12 @@ class PreferenceModule(LightningModule):
                     if self.policy.is_lora:
                         ref.disable_adapters()
                 self.reference_unet = ref.requires_grad_(False).eval()
+        if not self._fast_applied:
+            self.fast.apply_policy(self.policy.unet)
+            if self.objective.requires_reference:
+                separate = self.resolved_reference_mode == "copy"
+                self.fast.apply_reference(self.reference_unet, separate)
+            self._fast_applied = True
 
     @property
     def resolved_reference_mode(self) -> Literal["copy", "adapters_off"]:
@@ -91,12 +114,29 @@ class PreferenceModule(LightningModule):
             raise ConfigError("reference='adapters_off' needs a LoRA policy: set lora_rank")
         return self.reference_mode
 
-    @torch.no_grad()
     def reference_predict(self, x_t: Tensor, timesteps: Tensor, prompt_embeds: Tensor) -> Tensor:
-        """The frozen reference's prediction for the same inputs as the policy."""
+        """The frozen reference's prediction for the same inputs as the policy (no gradient).
+
+        Under ``fast.reference_dtype`` the inputs are cast to it and the output back to ``x_t``'s
+        dtype; under ``fast.reference_inference_mode`` the output is cloned out of inference mode.
+        """
+        if not self.fast.reference_inference_mode:
+            with torch.no_grad():
+                return self._reference_forward(x_t, timesteps, prompt_embeds)
+        with torch.inference_mode():
+            out = self._reference_forward(x_t, timesteps, prompt_embeds)
+        return out.clone()
+
+    def _reference_forward(self, x_t: Tensor, timesteps: Tensor, prompt_embeds: Tensor) -> Tensor:
         if self.resolved_reference_mode == "copy":
             assert self.reference_unet is not None, "configure_model() was not called"
-            return self.reference_unet(x_t, timesteps, encoder_hidden_states=prompt_embeds).sample
+            dtype = self.fast.reference_torch_dtype
+            if dtype is None:
+                return self.policy.unet_forward(self.reference_unet, x_t, timesteps, prompt_embeds)
+            out = self.policy.unet_forward(
+                self.reference_unet, x_t.to(dtype), timesteps, prompt_embeds.to(dtype)
+            )
+            return out.to(x_t.dtype)
         with self.policy.adapters_disabled():
             return self.policy(x_t, timesteps, prompt_embeds)
 

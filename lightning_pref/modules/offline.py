@@ -6,12 +6,24 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lightning_pref.errors import TrainingDivergedError
+from lightning_pref.data.latent_cache import sample_posterior
+from lightning_pref.data.relabel import relabel_pairs
+from lightning_pref.errors import ConfigError, TrainingDivergedError
+from lightning_pref.models.fast import FastPath
 from lightning_pref.models.noising import NoisingStrategy
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.modules.base import PreferenceModule, ReferenceMode
 from lightning_pref.objectives.base import PairObjective
-from lightning_pref.types import DenoisePair, ImagePairBatch, ObjectiveOutput, PairBatch
+from lightning_pref.scoring.base import Scorer
+from lightning_pref.types import (
+    DenoisePair,
+    ImagePairBatch,
+    LatentPairBatch,
+    ObjectiveOutput,
+    PairBatch,
+)
+
+PairInput = ImagePairBatch | LatentPairBatch
 
 __all__ = ["OfflinePairModule"]
 
@@ -35,6 +47,15 @@ class OfflinePairModule(PreferenceModule):
         timestep_range: sample t uniformly in ``[low, high)``; None = the full schedule.
         noising: how x0 becomes x_t and the target (forward noising, DDIM or ReNoise
             inversion, ...); None = the objective's own (``objective.default_noising()``).
+        fast: speed options (:class:`~lightning_pref.models.FastPath`); None: the plain path.
+        relabel: AI feedback (Diffusion-DPO's ``--choice_model``, METHODS §1.2): a frozen scorer
+            that re-orders every training pair (the higher-scored image wins, a tie keeps the
+            order; the caption before dropout is scored) and makes its label hard; None keeps the
+            data's labels. Needs image batches (a latent cache cannot be re-scored).
+
+    Batches are decoded images (:class:`ImagePairBatch`) or rows of a latent cache
+    (:class:`LatentPairBatch`, ``python -m lightning_pref cache-latents``); for a fixed seed both
+    give the same latents, embeddings and loss.
     """
 
     def __init__(
@@ -49,15 +70,41 @@ class OfflinePairModule(PreferenceModule):
         shared_noise: bool = True,
         timestep_range: tuple[int, int] | None = None,
         noising: NoisingStrategy | None = None,
+        fast: FastPath | None = None,
+        relabel: Scorer | None = None,
     ) -> None:
-        super().__init__(policy, objective, optimizer, lr_scheduler, reference, seed)
+        super().__init__(policy, objective, optimizer, lr_scheduler, reference, seed, fast)
+        self.relabel = None if relabel is None else relabel.requires_grad_(False).eval()
+        self.pairs_relabelled = 0
         self.shared_timestep = shared_timestep
         self.shared_noise = shared_noise
         self.timestep_range = timestep_range
         self.noising = noising if noising is not None else objective.default_noising()
 
-    def to_latents(self, batch: ImagePairBatch, generator: torch.Generator) -> PairBatch:
+    def configure_model(self) -> None:
+        """Build the models; a schedule-weighted objective (CaPO) gets the policy's schedule."""
+        super().configure_model()
+        bind = getattr(self.objective, "bind_schedule", None)
+        if bind is not None:
+            bind(self.policy.alphas_cumprod)
+
+    def relabelled(self, batch: PairInput) -> PairInput:
+        """The batch re-ordered by the ``relabel`` scorer (unchanged without one)."""
+        if self.relabel is None:
+            return batch
+        if not isinstance(batch, ImagePairBatch):
+            raise ConfigError("relabel needs image batches: a latent cache cannot be re-scored")
+        self.relabel.eval()
+        out = relabel_pairs(batch, self.relabel, captions=batch.raw_captions)
+        self.pairs_relabelled += out.num_swapped
+        self.log("train/relabel_swap_rate", out.swapped.float().mean(), on_step=True,
+                 batch_size=len(out.swapped))  # fmt: skip
+        return out.batch
+
+    def to_latents(self, batch: PairInput, generator: torch.Generator) -> PairBatch:
         """Encode images (VAE posterior sample) and captions (frozen text encoder)."""
+        if isinstance(batch, LatentPairBatch):
+            return self.cached_latents(batch, generator)
         if not self.objective.uses_loser:
             latents_w = self.policy.encode_images(batch.pixels_w, generator)  # [B, C, h, w]
             embeds = self.policy.encode_prompt(batch.captions)  # [B, L, D]
@@ -67,6 +114,37 @@ class OfflinePairModule(PreferenceModule):
         latents_w, latents_l = latents.chunk(2)
         embeds = self.policy.encode_prompt(batch.captions)  # [B, L, D]
         return PairBatch(latents_w, latents_l, embeds, batch.pref_prob.float())
+
+    def cached_latents(self, batch: LatentPairBatch, generator: torch.Generator) -> PairBatch:
+        """Latents drawn from cached posteriors: the same draws as :meth:`to_latents` on images."""
+        self._check_cache_shapes(batch)
+        vae = self.policy.vae
+        scale = float(vae.config.scaling_factor) if vae is not None else 1.0
+        embeds = batch.prompt_embeds.float()  # [B, L, D] (the text encoders run in fp32)
+        pref_prob = batch.pref_prob.float()
+        dtype = vae.dtype if vae is not None else torch.float32
+        if not self.objective.uses_loser:
+            std_w = None if batch.std_w is None else batch.std_w.to(dtype)
+            latents_w = sample_posterior(batch.mean_w.to(dtype), std_w, scale, generator)
+            return PairBatch(latents_w, latents_w, embeds, pref_prob)
+        mean = torch.cat([batch.mean_w, batch.mean_l]).to(dtype)  # [2B, C, h, w]
+        std = None
+        if batch.std_w is not None and batch.std_l is not None:
+            std = torch.cat([batch.std_w, batch.std_l]).to(dtype)
+        latents_w, latents_l = sample_posterior(mean, std, scale, generator).chunk(2)
+        return PairBatch(latents_w, latents_l, embeds, pref_prob)
+
+    def _check_cache_shapes(self, batch: LatentPairBatch) -> None:
+        """A cache built for another model fails here with one line."""
+        unet = self.policy.unet.config
+        width = batch.prompt_embeds.shape[-1]
+        if batch.mean_w.shape[1] != unet.in_channels or width != unet.cross_attention_dim:
+            raise ConfigError(
+                f"the latent cache does not fit this model: {batch.mean_w.shape[1]} latent "
+                f"channels and {width}-wide text embeddings, the UNet expects "
+                f"{unet.in_channels} and {unet.cross_attention_dim}; rebuild it with "
+                "`python -m lightning_pref cache-latents` for this model"
+            )
 
     def sample_timesteps(self, n: int, generator: torch.Generator) -> Tensor:
         """Uniform integer timesteps ``[n]`` in the configured range."""
@@ -119,16 +197,16 @@ class OfflinePairModule(PreferenceModule):
             ref = self.reference_predict(x_t, t, pairs.prompt_embeds)
         return DenoisePair(pred, pred, target, target, ref, ref, t, pairs.pref_prob)
 
-    def batch_size(self, batch: ImagePairBatch) -> int:
+    def batch_size(self, batch: PairInput) -> int:
         """Pairs in the batch; 0 (every row corrupt) means skip."""
-        return batch.pixels_w.shape[0]
+        return int(batch.pref_prob.shape[0])
 
-    def shared_step(self, batch: ImagePairBatch, stage: str, batch_idx: int) -> ObjectiveOutput:
+    def shared_step(self, batch: PairInput, stage: str, batch_idx: int) -> ObjectiveOutput:
         """Encode, noise, denoise and score one batch."""
         generator = self.step_generator(stage, batch_idx)
         return self.objective(self.denoise_pair(self.to_latents(batch, generator), generator))
 
-    def training_step(self, batch: ImagePairBatch, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: PairInput, batch_idx: int) -> Tensor | None:
         """One optimisation step; a batch whose rows were all corrupt is skipped."""
         self.rows_skipped += batch.num_skipped
         if batch.num_skipped:
@@ -136,7 +214,7 @@ class OfflinePairModule(PreferenceModule):
         bsz = self.batch_size(batch)
         if bsz == 0:
             return None
-        out = self.shared_step(batch, "train", batch_idx)
+        out = self.shared_step(self.relabelled(batch), "train", batch_idx)
         if not torch.isfinite(out.loss):
             raise TrainingDivergedError(
                 f"non-finite loss {out.loss.item()} at step {self.global_step}; lower the lr or "
@@ -146,13 +224,13 @@ class OfflinePairModule(PreferenceModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
         return out.loss
 
-    def validation_step(self, batch: ImagePairBatch, batch_idx: int) -> None:
+    def validation_step(self, batch: PairInput, batch_idx: int) -> None:
         """Loss and implicit accuracy on fixed seeds."""
         if self.batch_size(batch) == 0:
             return
         self.log_output("val", self.shared_step(batch, "val", batch_idx), self.batch_size(batch))
 
-    def test_step(self, batch: ImagePairBatch, batch_idx: int) -> None:
+    def test_step(self, batch: PairInput, batch_idx: int) -> None:
         """As validation, logged under ``test/``."""
         if self.batch_size(batch) == 0:
             return

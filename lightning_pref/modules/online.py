@@ -10,6 +10,7 @@ from torch import Tensor
 
 from lightning_pref.data.step_pool import StepPool, StepPoolSampler
 from lightning_pref.errors import TrainingDivergedError
+from lightning_pref.models.fast import FastPath
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.modules.base import PreferenceModule, ReferenceMode
 from lightning_pref.objectives.base import StepObjective
@@ -46,6 +47,7 @@ class StepPoolModule(PreferenceModule):
         train_batch_size: step pairs per optimizer step (SPO SD1.5: 10).
         train_cfg: apply CFG to the training predictions as in sampling (SPO: True).
         gradient_clip_val: max global grad norm; None = no clipping (SPO's code clips nothing).
+        fast: speed options (:class:`~lightning_pref.models.FastPath`); None: the plain path.
     """
 
     def __init__(
@@ -60,8 +62,9 @@ class StepPoolModule(PreferenceModule):
         train_batch_size: int = 10,
         train_cfg: bool = True,
         gradient_clip_val: float | None = None,
+        fast: FastPath | None = None,
     ) -> None:
-        super().__init__(policy, objective, optimizer, lr_scheduler, reference, seed)
+        super().__init__(policy, objective, optimizer, lr_scheduler, reference, seed, fast)
         self.pool = pool
         self.train_batch_size = train_batch_size
         self.train_cfg = train_cfg

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from lightning_pref.models.fast import FastPath
 from lightning_pref.models.noising import NoisingStrategy
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.modules.base import ReferenceMode
@@ -49,6 +50,7 @@ class UnpairedModule(OfflinePairModule):
         timestep_range: sample t uniformly in ``[low, high)``; None = the full schedule.
         noising: None = the objective's own (forward noising).
         positive_fraction: share of desirable images when splitting pairs (KTO: 0.8).
+        fast: speed options (:class:`~lightning_pref.models.FastPath`); None: the plain path.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class UnpairedModule(OfflinePairModule):
         timestep_range: tuple[int, int] | None = None,
         noising: NoisingStrategy | None = None,
         positive_fraction: float = 0.8,
+        fast: FastPath | None = None,
     ) -> None:
         super().__init__(
             policy,
@@ -72,6 +75,7 @@ class UnpairedModule(OfflinePairModule):
             seed,
             timestep_range=timestep_range,
             noising=noising,
+            fast=fast,
         )
         if not 0.0 < positive_fraction <= 1.0:
             raise ValueError(f"positive_fraction must be in (0, 1], got {positive_fraction}")

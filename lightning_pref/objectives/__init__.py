@@ -6,11 +6,15 @@ from lightning_pref.objectives.base import (
     StepObjective,
     UnpairedObjective,
 )
+from lightning_pref.objectives.capo import CaPO
 from lightning_pref.objectives.dpo import DiffusionDPO
 from lightning_pref.objectives.dspo import DSPO
 from lightning_pref.objectives.inpo import InPO
 from lightning_pref.objectives.kto import DiffusionKTO
 from lightning_pref.objectives.mapo import MaPO
+from lightning_pref.objectives.npo import DiffusionNPO
+from lightning_pref.objectives.reverse_kl import DiffusionEXO
+from lightning_pref.objectives.self_npo import SelfNPOLoss
 from lightning_pref.objectives.sft import SFT
 from lightning_pref.objectives.smpo import SmPO
 from lightning_pref.objectives.spo import SPO
@@ -20,12 +24,16 @@ __all__ = [
     "DSPO",
     "SFT",
     "SPO",
+    "CaPO",
     "DiffusionDPO",
+    "DiffusionEXO",
     "DiffusionKTO",
+    "DiffusionNPO",
     "InPO",
     "MaPO",
     "PairObjective",
     "PreferenceObjective",
+    "SelfNPOLoss",
     "SmPO",
     "StepObjective",
     "TailorPO",

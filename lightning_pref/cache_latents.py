@@ -1,0 +1,92 @@
+"""``python -m lightning_pref cache-latents``: encode a training config's pairs once.
+
+Reads the model and data of a training config, turns off random crops, flips and caption dropout
+(the cache holds one encoding per image; dropout is applied again when the cache is read), and
+writes a cache folder (:mod:`lightning_pref.data.latent_cache`). Train from it by swapping the data
+module for :class:`~lightning_pref.data.CachedPairDataModule`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from jsonargparse import ArgumentParser
+
+from lightning_pref.data.latent_cache import build_latent_cache
+from lightning_pref.data.pairs import PickAPicStream
+from lightning_pref.errors import ConfigError, DataError
+
+__all__ = ["cache_latents_main"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_NO_AUGMENT = {"hflip": False, "random_crop": False, "proportion_empty_prompts": 0.0}
+
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m lightning_pref cache-latents",
+        description="Encode the pairs of a training config once (VAE posterior + text embeddings).",
+        exit_on_error=False,
+    )
+    parser.add_argument("--config", required=True, help="training config (model and data)")
+    parser.add_argument("--out", required=True, help="cache folder to write")
+    parser.add_argument("--split", default="train", choices=["train", "val"])
+    parser.add_argument("--batch_size", type=int, default=16, help="pairs per encoder forward")
+    parser.add_argument("--shard_size", type=int, default=4096, help="pairs per shard file")
+    parser.add_argument(
+        "--dtype", default="float32", choices=sorted(_DTYPES), help="storage dtype (float32: exact)"
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    return parser
+
+
+def cache_latents_main(argv: list[str]) -> dict[str, Any]:
+    """Parse the arguments, build the cache and print where it is and how to train from it."""
+    from lightning_pref.runs import _build
+
+    args = _parser().parse_args(argv)
+    built = _build(args.config)
+    module, data = built.model, built.datamodule
+    if not hasattr(data, "train_set") or not hasattr(data, "resolution"):
+        raise ConfigError(
+            f"the data module of '{args.config}' ({type(data).__name__}) does not read image "
+            "pairs; cache-latents needs PickAPicDataModule, PairFolderDataModule or "
+            "MiniPickDataModule"
+        )
+    for key, value in _NO_AUGMENT.items():
+        if hasattr(data, key):
+            setattr(data, key, value)
+    data.prepare_data()
+    data.setup("fit")
+    dataset = data.train_set if args.split == "train" else data.val_set
+    if dataset is None:
+        raise DataError(f"the config '{args.config}' has no {args.split} data")
+    if isinstance(dataset, PickAPicStream):
+        raise DataError("cache-latents reads the data in order: set data.init_args.streaming false")
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    policy = module.policy
+    policy.build()
+    policy.to(device).eval()
+    start = time.perf_counter()
+    manifest = build_latent_cache(
+        policy,
+        dataset,
+        args.out,
+        resolution=data.resolution,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        dtype=_DTYPES[args.dtype],
+    )
+    seconds = time.perf_counter() - start
+    print(
+        f"cached {manifest['num_pairs']} pairs ({manifest['num_captions']} captions, "
+        f"{manifest['rows_skipped']} corrupt rows skipped) into {args.out} in {seconds:.1f} s "
+        f"({manifest['num_pairs'] / max(seconds, 1e-9):.1f} pairs/s). Train from it with "
+        "--data lightning_pref.data.CachedPairDataModule --data.init_args.train_cache "
+        f"{args.out}"
+    )
+    return manifest
