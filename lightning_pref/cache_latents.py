@@ -1,7 +1,8 @@
 """``python -m lightning_pref cache-latents``: encode a training config's pairs once.
 
 Reads the model and data of a training config, turns off random crops, flips and caption dropout
-(the cache holds one encoding per image; dropout is applied again when the cache is read), and
+(the cache holds one encoding per image; dropout is applied again when the cache is read, at the
+config's rate, which the manifest records), and
 writes a cache folder (:mod:`lightning_pref.data.latent_cache`). Train from it by swapping the data
 module for :class:`~lightning_pref.data.CachedPairDataModule`.
 """
@@ -55,6 +56,7 @@ def cache_latents_main(argv: list[str]) -> dict[str, Any]:
             "pairs; cache-latents needs PickAPicDataModule, PairFolderDataModule or "
             "MiniPickDataModule"
         )
+    dropout = float(getattr(data, "proportion_empty_prompts", 0.0))
     for key, value in _NO_AUGMENT.items():
         if hasattr(data, key):
             setattr(data, key, value)
@@ -80,6 +82,7 @@ def cache_latents_main(argv: list[str]) -> dict[str, Any]:
         batch_size=args.batch_size,
         shard_size=args.shard_size,
         dtype=_DTYPES[args.dtype],
+        metadata={"proportion_empty_prompts": dropout, "config": str(args.config)},
     )
     seconds = time.perf_counter() - start
     print(

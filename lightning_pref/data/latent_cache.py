@@ -90,6 +90,7 @@ def build_latent_cache(
     dtype: torch.dtype = torch.float32,
     num_workers: int = 0,
     progress: bool = True,
+    metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Encode every pair of ``dataset`` (map-style, yields ``PairSample``) into a cache folder.
 
@@ -103,6 +104,8 @@ def build_latent_cache(
         dtype: storage dtype of means, stds and embeddings (float32 keeps training bit-exact).
         num_workers: DataLoader workers decoding images.
         progress: show a progress bar.
+        metadata: more entries for the manifest (``cache-latents`` records the source data
+            module's ``proportion_empty_prompts`` there, the default of the cached data module).
 
     Returns:
         The manifest that was written.
@@ -153,6 +156,7 @@ def build_latent_cache(
         "num_captions": len(captions),
         "rows_skipped": skipped,
         "shards": writer.shards,
+        **(metadata or {}),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -280,7 +284,9 @@ class CachedPairDataModule(LightningDataModule):
         val_cache: a validation cache folder; None: no validation.
         batch_size: training pairs per batch and per device.
         val_batch_size: validation pairs per batch; None = ``batch_size``.
-        proportion_empty_prompts: fraction of training captions set to "" (official: 0.2).
+        proportion_empty_prompts: fraction of training captions set to "" (official: 0.2); None:
+            the value of the data module the cache was built from (recorded by ``cache-latents``;
+            0.2 if the manifest has none).
         num_workers: DataLoader worker processes.
         seed: seed of the shuffle and the dropout draws; None: the run's ``--seed_everything``.
         max_val_pairs: use only the first this many validation pairs.
@@ -292,7 +298,7 @@ class CachedPairDataModule(LightningDataModule):
         val_cache: str | None = None,
         batch_size: int = 1,
         val_batch_size: int | None = None,
-        proportion_empty_prompts: float = 0.2,
+        proportion_empty_prompts: float | None = None,
         num_workers: int = 0,
         seed: int | None = None,
         max_val_pairs: int | None = None,
@@ -309,7 +315,11 @@ class CachedPairDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Open the caches (reads only their manifests)."""
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = CachedPairs(self.train_cache, self.proportion_empty_prompts, self.seed)
+            dropout = self.proportion_empty_prompts
+            if dropout is None:
+                recorded = read_manifest(self.train_cache).get("proportion_empty_prompts", 0.2)
+                dropout = float(recorded)
+            self.train_set = CachedPairs(self.train_cache, dropout, self.seed)
         if stage in (None, "fit", "validate") and self.val_set is None and self.val_cache:
             self.val_set = CachedPairs(self.val_cache, 0.0, self.seed, self.max_val_pairs)
 

@@ -84,6 +84,10 @@ def test_cli_writes_shards_captions_and_counts_the_corrupt_row(cli_cache):
     manifest = json.loads((cli_cache / "manifest.json").read_text())
     assert len(image_data().train_set) == 56
     assert (manifest["num_pairs"], manifest["rows_skipped"]) == (55, 1)
+    assert manifest["proportion_empty_prompts"] == 0.2  # tiny_dpo's data module (the default)
+    data = CachedPairDataModule(str(cli_cache), batch_size=2)
+    data.setup("fit")
+    assert data.train_set.proportion_empty_prompts == 0.2
     assert [s["rows"] for s in manifest["shards"]] == [19, 20, 16]
     captions = json.loads((cli_cache / "captions.json").read_text())
     assert captions[0] == "" and len(captions) == manifest["num_captions"]
