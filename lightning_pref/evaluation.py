@@ -2,27 +2,25 @@
 
 Both models sample the same prompts with the same per-sample seeds (sample ``i`` draws all its
 noise from a generator seeded by ``(seed, i)``, whatever the batch size), so base against base
-gives identical images. CLI: ``python -m lightning_pref evaluate`` (in :mod:`lightning_pref.runs`).
+gives identical images. CLI: ``python -m lightning_pref evaluate`` (:mod:`lightning_pref.eval_cli`).
 
-- **Win rate** of tuned over baseline under the gold scorer: per sample 1 (win), 0.5 (tie: scores
-  within 1e-6) or 0 (loss), averaged. Its 95 % CI is the normal approximation on these outcomes,
-  ``rate ± 1.96 · s / sqrt(n)`` with ``s`` their sample std, clipped to [0, 1] ([0, 1] if n = 1).
-- **Mean and population std** of every scorer for each model.
+- **Win rates** (the gold scorer's is the headline) with 95 % CIs, and every scorer's median, mean
+  and std for each model: :mod:`lightning_pref.eval_report`.
 - **Diversity**: ``k`` images with different seeds for each of the first few prompts; the mean
   over prompts and image pairs of the RMS pixel distance ``||x_a - x_b||_2 / sqrt(3HW)`` of
   images in [-1, 1] (0: identical, 2: opposite). A win rate that rises while diversity collapses
   means the model found one image the scorer likes (mode collapse, reward hacking).
 - **Implicit accuracy** on validation pairs (:func:`implicit_accuracy`).
+- **Negative-model guidance** (Diffusion-NPO, Self-NPO; :mod:`lightning_pref.negative`): either
+  model can sample with a second network in CFG's unconditional branch (``base_negative``,
+  ``tuned_negative``), with the same seeds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import json
-import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +33,31 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lightning_pref.errors import ConfigError, DataError
-from lightning_pref.minipick import GoldRater
-from lightning_pref.minipick.world import parse_caption
+from lightning_pref.eval_report import (
+    TIE_TOLERANCE,
+    Z_95,
+    EvalReport,
+    ScoreStats,
+    score_stats,
+    win_stats,
+)
+from lightning_pref.eval_scorers import GoldScorer, ProxyScorer, default_scorers
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.modules.base import PreferenceModule
 from lightning_pref.modules.offline import OfflinePairModule
 from lightning_pref.objectives import DiffusionDPO
 from lightning_pref.objectives.functional import mse_diff
-from lightning_pref.sampling import cfg_predict, ddim_step, ddim_timesteps
+from lightning_pref.sampling import Denoiser, cfg_predict, ddim_step, ddim_timesteps
 from lightning_pref.scoring import Scorer
 
 __all__ = [
+    "TIE_TOLERANCE",
+    "Z_95",
     "EvalReport",
     "GoldScorer",
+    "ProxyScorer",
     "ScoreStats",
+    "default_scorers",
     "derive_seed",
     "evaluate_main",
     "evaluate_policies",
@@ -58,65 +67,9 @@ __all__ = [
     "save_grid",
 ]
 
-TIE_TOLERANCE = 1e-6
-Z_95 = 1.959964  # two-sided 95 % quantile of the normal distribution
-
-
-class GoldScorer(Scorer):
-    """MiniPick's hidden gold rater as a :class:`Scorer` (captions must be MiniPick captions)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rater = GoldRater()
-
-    def forward(
-        self, images: Tensor, captions: Sequence[str], timesteps: Tensor | None = None
-    ) -> Tensor:
-        """Gold reward ``[N]`` in [0, 1] of images ``[N, 3, H, W]`` in [-1, 1]."""
-        return self.rater.score(images, list(captions))
-
-    @staticmethod
-    def check_captions(captions: Sequence[str]) -> None:
-        """Raise ConfigError naming the first caption the rater cannot score."""
-        for text in captions:
-            try:
-                parse_caption(text)
-            except ValueError:
-                raise ConfigError(
-                    f"the gold rater scores MiniPick captions only (e.g. 'a large red circle on "
-                    f"the left'), not {text!r}: fix --prompts or pass other --scorers/--gold"
-                ) from None
-
-
-class ProxyScorer(Scorer):
-    """MiniPickScore, MiniPick's learned proxy reward (a PickScore stand-in), from the asset cache.
-
-    Args:
-        data_dir: the MiniPick asset cache; None = the default. Built on first use.
-    """
-
-    def __init__(self, data_dir: str | None = None) -> None:
-        super().__init__()
-        from lightning_pref.minipick.assets import MiniPickAssets
-        from lightning_pref.minipick.proxy import MiniPickScore
-
-        self.model = MiniPickScore.from_pretrained(MiniPickAssets(data_dir).proxy_dir(build=True))
-
-    def forward(
-        self, images: Tensor, captions: Sequence[str], timesteps: Tensor | None = None
-    ) -> Tensor:
-        """Proxy reward ``[N]`` (``exp(logit_scale) * cos``) of images in [-1, 1]."""
-        return self.model(images, list(captions))
-
-
-def default_scorers(policy: DiffusionPolicy) -> dict[str, Scorer]:
-    """The gold rater, plus MiniPickScore when the policy is MiniPick's."""
-    from lightning_pref.minipick.policy import MiniPickPolicy
-
-    scorers: dict[str, Scorer] = {"gold": GoldScorer()}
-    if isinstance(policy, MiniPickPolicy):
-        scorers["proxy"] = ProxyScorer(str(policy.assets.root))
-    return scorers
+# Kept importable from here (the base-model cache and older callers use these names).
+_score_stats = score_stats
+_win_stats = win_stats
 
 
 def derive_seed(seed: int, *keys: object) -> int:
@@ -141,12 +94,15 @@ def sample_seeded(
     num_steps: int = 10,
     guidance_scale: float = 5.0,
     eta: float = 0.0,
+    uncond_denoiser: Denoiser | None = None,
 ) -> Tensor:
     """DDIM + CFG as :func:`~lightning_pref.sampling.sample_images`, with one generator per image.
 
     Image ``i`` draws x_T and every step's noise from a generator seeded with ``seeds[i]`` in the
     order ``sample_images`` draws them, so one caption gives exactly ``sample_images`` with that
-    seed, and an image does not depend on the rest of its batch. Returns ``[N, 3, H, W]``.
+    seed, and an image does not depend on the rest of its batch. ``uncond_denoiser`` replaces the
+    unconditional branch (negative-model guidance, as in ``sample_images``). Returns
+    ``[N, 3, H, W]``.
     """
     device = policy.alphas_cumprod.device
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
@@ -162,7 +118,7 @@ def sample_seeded(
     ratio = policy.num_train_timesteps // num_steps
     for t_int in ddim_timesteps(policy.num_train_timesteps, num_steps):
         t = torch.full((len(captions),), t_int, device=device, dtype=torch.long)
-        out = cfg_predict(policy, x, t, cond, uncond, guidance_scale)
+        out = cfg_predict(policy, x, t, cond, uncond, guidance_scale, uncond_denoiser)
         step = ddim_step(policy, out, x, t, t - ratio, eta, prev_sample=x)  # mean, std only
         x = step.mean + step.std.view(-1, 1, 1, 1) * draw()  # [N, C, h, w] x_{t-1}
     return policy.decode_latents(x)
@@ -186,84 +142,6 @@ def _sample_and_score(
             for name, scorer in scorers.items():
                 scores[name].append(scorer(images, chunk).double().cpu())
     return {name: torch.cat(values) for name, values in scores.items()}
-
-
-@dataclass(frozen=True)
-class ScoreStats:
-    """Mean and population std of one scorer for each model."""
-
-    base_mean: float
-    base_std: float
-    tuned_mean: float
-    tuned_std: float
-
-
-@dataclass(frozen=True)
-class EvalReport:
-    """What :func:`evaluate_policies` measures (module docstring); ``to_json`` writes it all."""
-
-    gold: str  # the scorer that decides wins
-    win_rate: float  # mean outcome of tuned vs baseline: win 1, tie 0.5, loss 0
-    win_rate_ci: tuple[float, float]  # 95 % normal-approximation CI, clipped to [0, 1]
-    wins: int
-    ties: int
-    losses: int
-    scores: dict[str, ScoreStats]  # by scorer name
-    diversity_base: float | None  # mean pairwise RMS pixel distance; None: not measured
-    diversity_tuned: float | None
-    num_samples: int
-    num_prompts: int  # distinct prompts sampled
-    seed: int
-    num_steps: int
-    guidance_scale: float
-    eta: float
-    implicit_acc: float | None = None  # DPO implicit accuracy on validation pairs
-    tuned: str = "tuned"  # what was evaluated (the checkpoint, in the CLI)
-    baseline: str = "base"
-
-    def to_json(self) -> str:
-        """The report as indented JSON with sorted keys."""
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-    def to_markdown_table(self) -> str:
-        """A ``metric | baseline | tuned`` Markdown table and a line with the settings."""
-        low, high = self.win_rate_ci
-        wtl = f"[{low:.4f}, {high:.4f}] W/T/L {self.wins}/{self.ties}/{self.losses}"
-        rows = [(f"win rate ({self.gold})", "-", f"{self.win_rate:.4f} {wtl}")]
-        for name, s in self.scores.items():
-            cells = _pm(s.base_mean, s.base_std), _pm(s.tuned_mean, s.tuned_std)
-            rows.append((f"{name} mean ± std", *cells))
-        if self.diversity_base is not None and self.diversity_tuned is not None:
-            rows.append(("diversity", f"{self.diversity_base:.4f}", f"{self.diversity_tuned:.4f}"))
-        if self.implicit_acc is not None:
-            rows.append(("implicit accuracy (val pairs)", "-", f"{self.implicit_acc:.4f}"))
-        lines = ["| metric | baseline | tuned |", "|---|---:|---:|"]
-        lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-        lines.append(
-            f"\n{self.num_samples} samples, {self.num_prompts} prompts, seed {self.seed}, "
-            f"{self.num_steps} DDIM steps, cfg {self.guidance_scale}, eta {self.eta}; "
-            f"tuned: {self.tuned}; baseline: {self.baseline}"
-        )
-        return "\n".join(lines)
-
-
-def _pm(mean: float, std: float) -> str:
-    return f"{mean:.4f} ± {std:.4f}"
-
-
-def _score_stats(base: Tensor, tuned: Tensor) -> ScoreStats:
-    """Means and population stds of two ``[N]`` score vectors."""
-    return ScoreStats(*(float(v) for x in (base, tuned) for v in (x.mean(), x.std(correction=0))))
-
-
-def _win_stats(tuned: Tensor, base: Tensor) -> tuple[float, tuple[float, float], list[int]]:
-    """Win rate, its clipped 95 % CI and [wins, ties, losses] from ``[N]`` gold scores."""
-    diff = tuned.double() - base.double()  # [N]
-    outcome = torch.where(diff.abs() <= TIE_TOLERANCE, 0.5, (diff > 0).double())  # [N]
-    n, rate = outcome.numel(), float(outcome.mean())
-    half = Z_95 * float(outcome.std()) / math.sqrt(n) if n > 1 else math.inf
-    counts = [int((outcome == v).sum()) for v in (1.0, 0.5, 0.0)]
-    return rate, (max(0.0, rate - half), min(1.0, rate + half)), counts
 
 
 def _diversity(
@@ -295,6 +173,8 @@ def evaluate_policies(
     batch_size: int = 64,
     samples_per_prompt_for_diversity: int = 4,
     num_diversity_prompts: int = 8,
+    base_negative: Denoiser | None = None,
+    tuned_negative: Denoiser | None = None,
 ) -> EvalReport:
     """Sample both policies with the same seeds, score them with every scorer and compare.
 
@@ -312,6 +192,9 @@ def evaluate_policies(
         batch_size: images per sampling batch.
         samples_per_prompt_for_diversity: images per prompt for diversity; < 2 skips it.
         num_diversity_prompts: diversity uses the first this many distinct prompts.
+        base_negative: the baseline's unconditional-branch network (negative guidance); None:
+            ordinary CFG.
+        tuned_negative: the same for the tuned policy.
 
     Returns:
         The report, without ``implicit_acc``.
@@ -320,18 +203,21 @@ def evaluate_policies(
         raise ConfigError(f"the gold scorer '{gold}' is not among the scorers {sorted(scorers)}")
     plan = sample_plan(list(prompts), num_samples, seed)
     sampling = {"num_steps": num_steps, "guidance_scale": guidance_scale, "eta": eta}
+    models = (("base", base, base_negative), ("tuned", tuned, tuned_negative))
     base_s, tuned_s = (
-        _sample_and_score(p, plan, scorers, batch_size, f"sampling {label}", **sampling)
-        for label, p in (("base", base), ("tuned", tuned))
+        _sample_and_score(
+            p, plan, scorers, batch_size, f"sampling {name}", uncond_denoiser=n, **sampling
+        )
+        for name, p, n in models
     )
-    rate, ci, counts = _win_stats(tuned_s[gold], base_s[gold])
-    stats = {name: _score_stats(base_s[name], tuned_s[name]) for name in scorers}
+    rate, ci, counts = win_stats(tuned_s[gold], base_s[gold])
+    stats = {name: score_stats(base_s[name], tuned_s[name]) for name in scorers}
     diversity: list[float | None] = [None, None]
     if samples_per_prompt_for_diversity >= 2:
         subset = list(dict.fromkeys(prompts))[:num_diversity_prompts]
+        k = samples_per_prompt_for_diversity
         diversity = [
-            _diversity(p, subset, seed, samples_per_prompt_for_diversity, **sampling)
-            for p in (base, tuned)
+            _diversity(p, subset, seed, k, **sampling, uncond_denoiser=n) for _, p, n in models
         ]
     return EvalReport(
         gold=gold,
@@ -435,7 +321,7 @@ def save_grid(
 
 
 def evaluate_main(argv: list[str]) -> EvalReport:
-    """``python -m lightning_pref evaluate ...``; see :func:`lightning_pref.runs.evaluate_run`."""
-    from lightning_pref.runs import evaluate_run  # runs.py builds on this module
+    """``python -m lightning_pref evaluate``: :func:`lightning_pref.eval_cli.evaluate_run`."""
+    from lightning_pref.eval_cli import evaluate_run  # eval_cli builds on this module
 
     return evaluate_run(argv)

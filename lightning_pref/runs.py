@@ -1,51 +1,39 @@
-"""Training runs: find and load them, and evaluate them from the command line.
+"""Training runs: find them and load their models (the ``evaluate`` CLI builds on this).
 
 A run folder is what ``python -m lightning_pref fit`` writes (``runs/NAME/version_N``): the fully
 resolved ``config.yaml`` saved by LightningCLI and ``checkpoints/last.ckpt``. Models are rebuilt
 from the config exactly as the CLI builds them (same parser, same seeding), then the checkpoint's
 trainable weights are loaded with ``weights_only=True``, so opening a checkpoint never runs code.
 
-``python -m lightning_pref evaluate --run runs/NAME/version_N`` (:func:`evaluate_run`) compares
-the run's checkpoint with the model it started from using :mod:`lightning_pref.evaluation`, and
-writes ``report.json``, ``grid.png`` (+ ``grid.txt``) and TensorBoard events to
-``<run>/eval_seed<seed>``.
+``python -m lightning_pref evaluate --run runs/NAME/version_N`` is built on these functions in
+:mod:`lightning_pref.eval_cli`; its names (``EvaluateArgs``, ``prepare_evaluation``,
+``evaluate_run``, ...) stay importable from here.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
-from jsonargparse import ArgumentParser
 from lightning import LightningDataModule
-from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_pref.callbacks.ema import ema_state_from_checkpoint
 from lightning_pref.cli import PreferenceCLI
 from lightning_pref.data.pickapic import PickAPicDataModule
 from lightning_pref.errors import ConfigError, DataError, ModelLoadError
-from lightning_pref.evaluation import (
-    EvalReport,
-    GoldScorer,
-    default_scorers,
-    evaluate_policies,
-    implicit_accuracy,
-    sample_plan,
-    sample_seeded,
-    save_grid,
-)
-from lightning_pref.minipick import prompts as minipick_prompts
-from lightning_pref.models.policy import DiffusionPolicy
+from lightning_pref.eval_args import EvaluateArgs, parse_evaluate_args
 from lightning_pref.modules.base import PreferenceModule
-from lightning_pref.scoring import Scorer
+from lightning_pref.prompt_sets import read_prompts
+
+if TYPE_CHECKING:
+    from lightning_pref.eval_cli import EvalSetup, evaluate_run, prepare_evaluation
 
 __all__ = [
     "EvaluateArgs",
@@ -59,6 +47,19 @@ __all__ = [
     "read_prompts",
     "run_val_loader",
 ]
+
+_parse = parse_evaluate_args  # the leaderboard checks its --eval_args with it
+_FROM_EVAL_CLI = ("EvalSetup", "evaluate_run", "prepare_evaluation")
+
+
+def __getattr__(name: str) -> Any:
+    """Names of :mod:`lightning_pref.eval_cli`, looked up on first use (it imports this module)."""
+    if name in _FROM_EVAL_CLI:
+        from lightning_pref import eval_cli
+
+        return getattr(eval_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Top-level keys of a saved ``fit``/``validate``/``test`` config that belong to the subcommand or
 # the trainer; the model and data are rebuilt without them, so no trainer, logger or strategy is
@@ -233,206 +234,3 @@ def run_val_loader(
         return None
     loader = data.val_dataloader()
     return loader if isinstance(loader, DataLoader) else None
-
-
-def _minipick_val_pairs(config_path: Path, policy: DiffusionPolicy) -> str | None:
-    """MiniPick's validation pairs for a MiniPick run trained without pairs (on-policy methods)."""
-    from lightning_pref.minipick.policy import MiniPickPolicy
-
-    if not isinstance(policy, MiniPickPolicy):
-        return None
-    if isinstance(load_datamodule(config_path), PickAPicDataModule):
-        return None  # the run's own validation pairs
-    return str(policy.assets.pairs_dir(build=True) / "validation")
-
-
-def read_prompts(path: str | Path | None) -> list[str]:
-    """Prompts from a file (a JSON list, or one per line), or MiniPick's held-out test prompts."""
-    if path is None:
-        return minipick_prompts("test")
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"prompts file '{path}' does not exist")
-    text = path.read_text()
-    entries: Any = text.splitlines()
-    if text.lstrip().startswith("["):
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"prompts file '{path}' is not valid JSON: {err}") from err
-    if not isinstance(entries, list) or not all(isinstance(p, str) for p in entries):
-        raise DataError(f"prompts file '{path}' must hold a JSON list of strings")
-    prompts = [p.strip() for p in entries if p.strip()]
-    if not prompts:
-        raise DataError(f"prompts file '{path}' holds no prompt")
-    return prompts
-
-
-@dataclass
-class EvaluateArgs:
-    """Compare a tuned run with its base model (``python -m lightning_pref evaluate``).
-
-    Attributes:
-        run: the tuned run: a version folder (runs/NAME/version_N; uses checkpoints/last.ckpt) or
-            a .ckpt file.
-        baseline: 'base' (the run's config without checkpoint), or a run folder or .ckpt.
-        prompts: file with one prompt per line or a JSON list; default MiniPick's test prompts.
-        num_samples: images per model; prompts are cycled.
-        seed: seed of every draw; sample i is seeded by (seed, i).
-        num_steps: DDIM steps.
-        guidance_scale: classifier-free guidance weight.
-        eta: DDIM eta (0: deterministic).
-        scorers: scorers by name, as '{"NAME": {"class_path": ..., "init_args": {...}}}';
-            default: MiniPick's gold rater as ``gold``, plus ``proxy`` (MiniPickScore) for
-            MiniPick runs.
-        gold: the scorer that decides wins.
-        val_files: validation pairs (parquet files, globs or folders) for the implicit accuracy;
-            default the run's own validation data, if any.
-        implicit_draws: timestep/noise draws per validation pair; 0 skips the implicit accuracy.
-        diversity_samples: images per prompt for the diversity score; < 2 skips it.
-        out: output folder; default <run folder>/eval_seed<seed>.
-        batch_size: images per sampling batch.
-        device: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...
-        ema: evaluate the run's EMA weights (saved by the ``EMA`` callback).
-    """
-
-    run: str
-    baseline: str = "base"
-    prompts: str | None = None
-    num_samples: int = 512
-    seed: int = 0
-    num_steps: int = 10
-    guidance_scale: float = 5.0
-    eta: float = 0.0
-    scorers: dict[str, Scorer] | None = None
-    gold: str = "gold"
-    val_files: str | None = None
-    implicit_draws: int = 4
-    diversity_samples: int = 4
-    out: str | None = None
-    batch_size: int = 64
-    device: str = "auto"
-    ema: bool = False
-
-
-def _parse(argv: list[str]) -> EvaluateArgs:
-    """Parse ``evaluate``'s arguments (``--config`` YAML too); errors raise ``ArgumentError``."""
-    parser = ArgumentParser(prog="python -m lightning_pref evaluate", exit_on_error=False)
-    parser.add_argument("--config", action="config", help="a YAML file of these arguments")
-    parser.add_class_arguments(EvaluateArgs, as_group=False)
-    config = vars(parser.instantiate(parser.parse_args(argv)))
-    return EvaluateArgs(**{f.name: config[f.name] for f in fields(EvaluateArgs)})
-
-
-def _load_for_eval(
-    config: Path, ckpt: Path | None, device: torch.device, ema: bool = False
-) -> PreferenceModule:
-    """A run's module on ``device`` without its frozen reference (evaluation brings its own)."""
-    module = load_module(config, ckpt, ema)
-    module.reference_unet = None
-    return module.to(device)
-
-
-def _image_size(policy: DiffusionPolicy) -> int:
-    """Side of the images the policy generates (the VAE halves the size once per extra block)."""
-    size = int(policy.unet.config.sample_size)
-    if policy.vae is None:
-        return size
-    return size * 2 ** (len(policy.vae.config.block_out_channels) - 1)
-
-
-def _log_to_tensorboard(log_dir: Path, report: EvalReport, grid: Tensor) -> None:
-    """Write the grid, the report table and the headline numbers as TensorBoard events."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(log_dir))
-    try:
-        writer.add_image("eval/grid", grid, 0, dataformats="CHW")
-        writer.add_text("eval/report", report.to_markdown_table(), 0)
-        writer.add_scalar("eval/win_rate", report.win_rate, 0)
-        for name, stats in report.scores.items():
-            writer.add_scalar(f"eval/{name}_base", stats.base_mean, 0)
-            writer.add_scalar(f"eval/{name}_tuned", stats.tuned_mean, 0)
-        if report.implicit_acc is not None:
-            writer.add_scalar("eval/implicit_acc", report.implicit_acc, 0)
-    finally:
-        writer.close()
-
-
-@dataclass
-class EvalSetup:
-    """A run and its baseline loaded for evaluation (shared by ``evaluate`` and the leaderboard)."""
-
-    run: RunPaths
-    base_ckpt: Path | None
-    prompts: list[str]
-    tuned: PreferenceModule
-    base: PreferenceModule
-    loader: Any  # validation pairs for implicit accuracy, or None
-    scorers: dict[str, Scorer]
-
-    def finish(self, report: EvalReport, args: EvaluateArgs) -> EvalReport:
-        """Add implicit accuracy (if asked for) and the names of what was compared."""
-        if self.loader is not None:
-            acc = implicit_accuracy(
-                self.tuned, self.base.policy, self.loader, args.seed, args.implicit_draws
-            )
-            report = replace(report, implicit_acc=acc)
-        baseline = str(self.base_ckpt or "base (no checkpoint)")
-        return replace(report, tuned=str(self.run.ckpt), baseline=baseline)
-
-
-def prepare_evaluation(args: EvaluateArgs) -> EvalSetup:
-    """Find the run and baseline, load both models, the validation pairs and the scorers."""
-    run = find_run(args.run)
-    if run.ckpt is None:
-        raise ConfigError(f"run '{run.config.parent}' has no checkpoint; pass a .ckpt with --run")
-    base_run = run if args.baseline == "base" else find_run(args.baseline)
-    base_ckpt = None if args.baseline == "base" else base_run.ckpt
-    prompts = read_prompts(args.prompts)
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if args.device == "auto" else args.device)
-    tuned = _load_for_eval(run.config, run.ckpt, device, args.ema)
-    base = _load_for_eval(base_run.config, base_ckpt, device)
-    loader = None  # read before sampling, so a wrong --val_files fails at once
-    if args.implicit_draws > 0:
-        val_files = args.val_files or _minipick_val_pairs(run.config, tuned.policy)
-        loader = run_val_loader(run.config, val_files, _image_size(tuned.policy))
-    chosen = args.scorers or default_scorers(tuned.policy)
-    if isinstance(chosen.get(args.gold), GoldScorer):
-        GoldScorer.check_captions(prompts)  # before any sampling
-    scorers = {k: s.to(device) for k, s in chosen.items()}
-    return EvalSetup(run, base_ckpt, prompts, tuned, base, loader, scorers)
-
-
-def evaluate_run(argv: list[str]) -> EvalReport:
-    """``python -m lightning_pref evaluate``: print the table; write report.json, grid, events.
-
-    Args:
-        argv: the arguments after ``evaluate`` (see :class:`EvaluateArgs` or ``--help``).
-    """
-    args = _parse(argv)
-    setup = prepare_evaluation(args)
-    run, prompts, tuned, base = setup.run, setup.prompts, setup.tuned, setup.base
-    sampling = {"num_steps": args.num_steps, "guidance_scale": args.guidance_scale, "eta": args.eta}
-    report = evaluate_policies(
-        base.policy,
-        tuned.policy,
-        prompts,
-        setup.scorers,
-        args.gold,
-        args.num_samples,
-        args.seed,
-        batch_size=args.batch_size,
-        samples_per_prompt_for_diversity=args.diversity_samples,
-        **sampling,
-    )
-    report = setup.finish(report, args)
-    out = Path(args.out) if args.out else run.config.parent / f"eval_seed{args.seed}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(report.to_json() + "\n")
-    captions, seeds = sample_plan(prompts, min(8, args.num_samples), args.seed)  # = the first 8
-    grid = [sample_seeded(m.policy, captions, seeds, **sampling) for m in (base, tuned)]
-    _log_to_tensorboard(out, report, save_grid(*grid, captions, out / "grid.png"))
-    print(report.to_markdown_table())
-    return report

@@ -158,6 +158,26 @@ PLAN: dict[str, dict] = {
         "--trainer.callbacks.decay 0.99"
     ): {"mode": "run"},
     lp("cache-latents --config tests/configs/tiny_dpo.yaml --out cache/tiny_dpo"): {"mode": "run"},
+    lp("evaluate --config experiments/eval/sd15_partiprompts.yaml --run runs/dpo_sd15"): {
+        "mode": "test",
+        "test": "tests/test_prompt_sets.py::"
+        "test_example_eval_configs_parse_with_every_reward_scorer",
+    },
+    lp("evaluate --run runs/npo"): {
+        "mode": "test",
+        "test": "tests/test_evaluate_negative.py::"
+        "test_npo_run_means_base_plus_npo_and_changes_the_samples",
+    },
+    lp("evaluate --run runs/dpo --negative runs/npo"): {
+        "mode": "test",
+        "test": "tests/test_evaluate_negative.py::"
+        "test_negative_equal_to_the_base_gives_plain_evaluation",
+    },
+    lp("evaluate --run runs/dpo --negative runs/npo --baseline runs/dpo"): {
+        "mode": "test",
+        "test": "tests/test_evaluate_negative.py::"
+        "test_npo_on_both_sides_ties_and_reports_what_was_compared",
+    },
     lp("fit --config experiments/dpo_sd15_fast.yaml"): {"mode": "parse"},
     lp("export --ckpt_path runs/dpo_sd15/version_0/checkpoints/last.ckpt --out exports/dpo_sd15"): {
         "mode": "test",
