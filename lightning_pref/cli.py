@@ -153,7 +153,7 @@ def main(args: list[str] | None = None) -> None:
 
             leaderboard_main(list(argv[1:]))
             return
-        if argv and argv[0] == "bench":  # training throughput, two paths: lightning_pref.bench
+        if argv and argv[0] == "bench":  # training (3 paths) and on-policy throughput
             from lightning_pref.bench import bench_main
 
             bench_main(list(argv[1:]))

@@ -85,6 +85,20 @@ PLAN: dict[str, dict] = {
         "extra": ["--steps", "2", "--warmup", "1", "--batch_size", "2"],
         "expect": "framework / baseline:",
     },
+    lp(
+        "bench --arch sd15 --batch_size 16 --steps 20 --warmup 5 --peak_tflops 989 --num_workers 4 "
+        "--onpolicy true --out bench_sd15"
+    ): {
+        "mode": "test",
+        "test": "tests/test_bench.py::test_bench_runs_all_paths_and_the_onpolicy_round",
+    },
+    lp(
+        "bench --arch sdxl --batch_size 8 --steps 10 --warmup 5 --peak_tflops 989 --num_workers 4 "
+        "--out bench_sdxl"
+    ): {
+        "mode": "test",
+        "test": "tests/test_bench.py::test_sdxl_layout_and_fast_options_run_in_both_loops",
+    },
     lp(f"fit {SD15}"): {"mode": "parse"},
     lp("fit --config experiments/dpo_sd15_lora.yaml"): {"mode": "parse"},
     "tensorboard --logdir runs/": {"mode": "run", "extra": ["--inspect"]},
