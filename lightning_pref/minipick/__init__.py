@@ -4,7 +4,13 @@ The world and the rater are pure torch; the policy, data and asset modules add t
 (pretrained by our own ``fit``) and the Pick-a-Pic-format pairs, cached on first use.
 """
 
+from lightning_pref.minipick.aesthetic import MiniPickAesthetic
 from lightning_pref.minipick.assets import AssetSettings, MiniPickAssets, default_data_dir
+from lightning_pref.minipick.capo_data import (
+    CaPOSettings,
+    MiniPickCaPODataModule,
+    build_capo_folder,
+)
 from lightning_pref.minipick.data import (
     MiniPickDataModule,
     MiniPickPromptDataModule,
@@ -59,7 +65,10 @@ from lightning_pref.minipick.world import (
 
 __all__ = [
     "AssetSettings",
+    "CaPOSettings",
+    "MiniPickAesthetic",
     "MiniPickAssets",
+    "MiniPickCaPODataModule",
     "MiniPickDataModule",
     "MiniPickPromptDataModule",
     "MiniPickPolicy",
@@ -73,6 +82,7 @@ __all__ = [
     "SPMModule",
     "SPMObjective",
     "StepAwareMiniPickScore",
+    "build_capo_folder",
     "default_data_dir",
     "evaluate_pairs",
     "fit_proxy",

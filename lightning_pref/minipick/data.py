@@ -125,6 +125,8 @@ class MiniPickDataModule(PickAPicDataModule):
         val_split: which validation shard to validate on (``validation`` or
             ``validation_unique``).
         max_val_pairs: cap on validation pairs.
+        drop_ties: drop the rater's tied pairs (Diffusion-DPO); False keeps them with
+            ``pref_prob`` 0.5 (Diffusion-NPO's official runs keep ties).
         score_labels: SmPO's label smoothing: train on a copy of the pairs scored by the proxy
             reward (MiniPickScore; built on first use, see ``MiniPickAssets.scored_pairs_dir``).
             The proxy is not on PickScore's scale, so pass ``{score_min: null, score_max: null}``
@@ -142,6 +144,7 @@ class MiniPickDataModule(PickAPicDataModule):
         val_split: str = "validation",
         max_val_pairs: int | None = None,
         score_labels: ScoreLabels | None = None,
+        drop_ties: bool = True,
     ) -> None:
         from lightning_pref.minipick.assets import MiniPickAssets
 
@@ -159,6 +162,7 @@ class MiniPickDataModule(PickAPicDataModule):
             seed=seed,
             max_val_pairs=max_val_pairs,
             score_labels=score_labels,
+            drop_ties=drop_ties,
         )
 
     def _pairs(self, build: bool) -> Path:
