@@ -226,7 +226,14 @@ def prepare_evaluation(args: EvaluateArgs, negative_guidance: bool = False) -> E
     if args.num_steps is None:
         args.num_steps = default_num_steps(tuned.module.policy)
     loader = None  # read before sampling, so a wrong --val_files fails at once
-    if args.implicit_draws > 0 and tuned.ckpt is not None:  # no positive checkpoint: base vs base
+    # the implicit reward is the tuned model's against the baseline's: undefined without a tuned
+    # checkpoint (base vs base) or when both sides are the same checkpoint (DPO+NPO vs DPO)
+    same = (
+        tuned.ckpt is not None
+        and base_ckpt is not None
+        and Path(base_ckpt).resolve() == Path(tuned.ckpt).resolve()
+    )
+    if args.implicit_draws > 0 and tuned.ckpt is not None and not same:
         val_files = args.val_files or _minipick_val_pairs(run.config, tuned.module.policy)
         loader = run_val_loader(run.config, val_files, _image_size(tuned.module.policy))
     chosen = args.scorers or default_scorers(tuned.module.policy)

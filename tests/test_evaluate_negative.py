@@ -153,3 +153,14 @@ def test_misuse_is_a_config_error(runs):
     # callers that sample without negatives (the leaderboard's cache) must not get a silent base
     with pytest.raises(ConfigError, match="without negative guidance"):
         prepare_evaluation(parse_evaluate_args(["--run", str(runs["npo"]), *FAST]))
+
+
+def test_dpo_plus_npo_against_the_same_dpo_has_no_implicit_accuracy(runs, tmp_path):
+    """The implicit reward is the tuned model's against the baseline's; with the same checkpoint on
+    both sides it is 0 for every pair, so it is not reported (rather than as accuracy 0)."""
+    dpo, npo = str(runs["dpo"]), str(runs["npo"])
+    draws = ["--implicit_draws", "1"]
+    same = ["--run", dpo, "--negative", npo, "--baseline", dpo, *FAST, *draws]
+    assert evaluate_run([*same, "--out", str(tmp_path / "same")]).implicit_acc is None
+    plain = ["--run", dpo, "--negative", npo, *FAST, *draws, "--out", str(tmp_path / "base")]
+    assert evaluate_run(plain).implicit_acc is not None

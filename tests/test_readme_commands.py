@@ -177,6 +177,12 @@ PLAN: dict[str, dict] = {
         "test": "tests/test_prompt_sets.py::"
         "test_example_eval_configs_parse_with_every_reward_scorer",
     },
+    lp("fit --config experiments/npo_minipick.yaml"): {
+        "mode": "run",
+        "extra": SHORT_FIT,
+        "minipick": 1,
+    },
+    lp("evaluate --run runs/npo_minipick"): {"mode": "run", "extra": SHORT_EVAL, "minipick": 1},
     lp("evaluate --run runs/npo"): {
         "mode": "test",
         "test": "tests/test_evaluate_negative.py::"
