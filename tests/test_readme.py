@@ -23,6 +23,22 @@ def test_ci_runs_the_readme_install_and_test_commands():
     assert install in CI and test in CI
 
 
+def test_ci_fails_when_any_step_of_the_test_command_fails(tmp_path):
+    """The test command is an && list, and `set -e` ignores a failure inside one: .ci/run must
+    return the list's status. Run its test section with `ruff` failing and everything else ok."""
+    import subprocess
+
+    section = CI[CI.index("# --- README: test ---") :]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name, code in (("ruff", 1), ("python", 0)):
+        (fake / name).write_text(f"#!/bin/sh\nexit {code}\n")
+        (fake / name).chmod(0o755)
+    script = "set -euo pipefail\nstart=$(date +%s)\n" + section
+    env = {"PATH": f"{fake}:/usr/bin:/bin"}
+    assert subprocess.run(["bash", "-c", script], env=env, capture_output=True).returncode == 1
+
+
 def test_readme_configs_exist():
     for path in re.findall(r"--config (\S+\.yaml)", README):
         assert (ROOT / path).exists(), path
