@@ -155,7 +155,7 @@ PLAN: dict[str, dict] = {
         "sweep --config tests/configs/tiny_dpo.yaml --grid "
         "model.init_args.objective.init_args.beta=2000,5000 --seeds 0,1 --fit_args "
         '"--trainer.max_steps 4 --trainer.val_check_interval 2"'
-    ): {"mode": "test", "test": "tests/test_sweep.py::test_local_2x2_sweep_of_the_tiny_config"},
+    ): {"mode": "test", "test": "tests/test_sweep.py::test_local_2x1_sweep_of_the_tiny_config"},
     lp(
         f"sweep {SD15} --launcher slurm --grid model.init_args.objective.init_args.beta=2000,5000 "
         "--seeds 0,1,2 --partition gpu --nodes 2 --gpus_per_node 8 --time 24:00:00 --fit_args "

@@ -37,6 +37,9 @@ class FastPath:
         compile: ``torch.compile`` the policy and reference UNets in place (``nn.Module.compile``,
             so checkpoint keys do not change). The first steps are slow while it compiles.
         compile_mode: ``torch.compile`` mode (``default``, ``reduce-overhead``, ``max-autotune``).
+        compile_backend: ``torch.compile`` backend: ``inductor`` (generates kernels: the speed-up)
+            or e.g. ``aot_eager`` (graph capture and AOTAutograd without code generation: compiles
+            in seconds; for checking a model compiles).
         channels_last: store the UNets' weights channels-last (faster convolutions on GPUs with
             tensor cores; usually slower on CPU).
         reference_dtype: weights dtype of a ``copy`` reference (``bfloat16`` halves its memory and
@@ -47,6 +50,7 @@ class FastPath:
 
     compile: bool = False
     compile_mode: str | None = None
+    compile_backend: str = "inductor"
     channels_last: bool = False
     reference_dtype: Literal["float32", "bfloat16", "float16"] | None = None
     reference_inference_mode: bool = False
@@ -68,7 +72,7 @@ class FastPath:
         if self.channels_last:
             unet.to(memory_format=torch.channels_last)
         if self.compile:
-            unet.compile(mode=self.compile_mode)
+            unet.compile(mode=self.compile_mode, backend=self.compile_backend)
 
     def apply_reference(self, unet: nn.Module | None, separate: bool) -> None:
         """Dtype, layout and compilation of the reference (in place).
@@ -90,4 +94,4 @@ class FastPath:
         if self.channels_last:
             unet.to(memory_format=torch.channels_last)
         if self.compile:
-            unet.compile(mode=self.compile_mode)
+            unet.compile(mode=self.compile_mode, backend=self.compile_backend)
