@@ -249,7 +249,8 @@ def run_framework(
     opts, cuda = resolve_fast(args, device), device.type == "cuda"
     if fast and opts["compile"] and args.warmup < 2:
         raise ValueError("--warmup must be >= 2 with compile (the first step compiles)")
-    fast_path = FastPath(**{f.name: opts[f.name] for f in fields(FastPath)}) if fast else None
+    known = {f.name: opts[f.name] for f in fields(FastPath) if f.name in opts}
+    fast_path = FastPath(**known) if fast else None
     fused = {"fused": True} if fast and opts["fused_adamw"] else {}
     with tempfile.TemporaryDirectory(prefix="lp_bench_cache_") as folder:
         extra: dict[str, Any] = {}
