@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from lightning_pref.models.policy import DiffusionPolicy
+from lightning_pref.objectives.functional import to_epsilon_and_x0, upcast
 
 __all__ = [
     "DDIMStep",
@@ -26,7 +27,6 @@ __all__ = [
     "ddim_timesteps",
     "gaussian_logprob",
     "sample_images",
-    "to_epsilon_and_x0",
 ]
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -55,21 +55,6 @@ def _alpha(alphas_cumprod: Tensor, t: Tensor, final: float) -> Tensor:
     return torch.where(t >= 0, safe, torch.full_like(safe, final))
 
 
-def to_epsilon_and_x0(
-    model_out: Tensor, x_t: Tensor, alpha_t: Tensor, prediction_type: str
-) -> tuple[Tensor, Tensor]:
-    """Convert an ε or v prediction into (ε̂, x̂0); ``alpha_t`` is ā_t broadcastable to x_t."""
-    if prediction_type == "epsilon":
-        eps = model_out
-        x0 = (x_t - (1 - alpha_t).sqrt() * eps) / alpha_t.sqrt()
-    elif prediction_type == "v_prediction":
-        x0 = alpha_t.sqrt() * x_t - (1 - alpha_t).sqrt() * model_out
-        eps = alpha_t.sqrt() * model_out + (1 - alpha_t).sqrt() * x_t
-    else:
-        raise ValueError(f"unsupported prediction_type '{prediction_type}'")
-    return eps, x0
-
-
 def ddim_step(
     policy: DiffusionPolicy,
     model_out: Tensor,
@@ -85,12 +70,12 @@ def ddim_step(
     shape = (-1, *[1] * (x_t.dim() - 1))
     a_t = _alpha(policy.alphas_cumprod, t, final).view(shape)
     a_prev = _alpha(policy.alphas_cumprod, t_prev, final).view(shape)
-    eps, x0 = to_epsilon_and_x0(model_out.float(), x_t.float(), a_t, policy.prediction_type)
+    eps, x0 = to_epsilon_and_x0(upcast(model_out), upcast(x_t), a_t, policy.prediction_type)
     config = policy.noise_scheduler.config
     if config.get("clip_sample", False):  # pixel-space models: keep x̂0 in the image range
         bound = float(config.get("clip_sample_range", 1.0))
         x0 = x0.clamp(-bound, bound)
-        eps = (x_t.float() - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+        eps = (upcast(x_t) - a_t.sqrt() * x0) / (1 - a_t).sqrt()
     var = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
     std = eta * var.clamp(min=0).sqrt()  # [N, 1, 1, 1]
     mean = a_prev.sqrt() * x0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * eps

@@ -148,6 +148,12 @@ class PreferenceModule(LightningModule):
         seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
         return torch.Generator(device=self.device).manual_seed(seed)
 
+    def sample_noise(
+        self, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype
+    ) -> Tensor:
+        """A standard-normal draw for forward noising (one place, so tests can pin it)."""
+        return torch.randn(shape, generator=generator, device=self.device, dtype=dtype)
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Trainable parameters only: no reference, no frozen VAE or text encoder."""

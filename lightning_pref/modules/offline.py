@@ -171,7 +171,7 @@ class OfflinePairModule(PreferenceModule):
         t = self.sample_timesteps(bsz if self.shared_timestep else 2 * bsz, generator)
         t = t.repeat(2) if self.shared_timestep else t  # [2B]
         shape = (bsz if self.shared_noise else 2 * bsz, *x0.shape[1:])
-        noise = torch.randn(shape, generator=generator, device=self.device, dtype=x0.dtype)
+        noise = self.sample_noise(shape, generator, x0.dtype)
         noise = noise.repeat(2, 1, 1, 1) if self.shared_noise else noise  # [2B, C, h, w]
         embeds = pairs.prompt_embeds.repeat(2, 1, 1)  # [2B, L, D]
         x_t, target, t = self.noise(x0, t, noise, embeds, generator)  # [2B, C, h, w], [2B]
@@ -189,7 +189,7 @@ class OfflinePairModule(PreferenceModule):
         """Winner-only pass for objectives that ignore the loser (SFT)."""
         x0 = pairs.latents_w  # [B, C, h, w]
         t = self.sample_timesteps(x0.shape[0], generator)
-        noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
+        noise = self.sample_noise(x0.shape, generator, x0.dtype)
         x_t, target, t = self.noise(x0, t, noise, pairs.prompt_embeds, generator)
         pred = self.policy(x_t, t, pairs.prompt_embeds)
         ref = None

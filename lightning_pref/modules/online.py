@@ -129,9 +129,12 @@ class StepPoolModule(PreferenceModule):
         if steps == 0 or len(usable) == 0:
             return [], True
         order = usable[torch.randperm(len(usable), generator=generator, device=usable.device)]
-        need = steps * self.train_batch_size
-        order = order.repeat(math.ceil(need / len(order)))[:need]  # smaller pools cycle
-        return list(order.split(self.train_batch_size)), len(valid) > 0
+        if len(order) <= (steps - 1) * self.train_batch_size:
+            # another rank has more pairs: cycle ours so every rank takes `steps` optimizer steps
+            need = steps * self.train_batch_size
+            order = order.repeat(math.ceil(need / len(order)))[:need]
+        # as the official loop: the last chunk may be partial; no pair is repeated on one rank
+        return list(order.split(self.train_batch_size))[:steps], len(valid) > 0
 
     def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
         """Generate one pool, then take its optimizer steps."""

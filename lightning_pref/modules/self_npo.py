@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from lightning_pref.errors import TrainingDivergedError
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.modules.base import PreferenceModule
+from lightning_pref.objectives.functional import to_epsilon_and_x0, upcast
 from lightning_pref.objectives.self_npo import (
     SelfNPOLoss,
     renoise,
@@ -19,7 +20,6 @@ from lightning_pref.objectives.self_npo import (
     self_npo_grid,
     truncated_diffusion_target,
 )
-from lightning_pref.sampling import to_epsilon_and_x0
 from lightning_pref.types import ImagePairBatch, ObjectiveOutput
 
 __all__ = ["SelfNPOModule"]
@@ -103,6 +103,15 @@ class SelfNPOModule(PreferenceModule):
         assert self.teacher_unet is not None
         return self.policy.unet_forward(self.teacher_unet, x, t, embeds)
 
+    def sample_timesteps(self, n: int, generator: torch.Generator) -> Tensor:
+        """Start timesteps ``[n]``: uniform over the DDIM grid (one place, so tests can pin it)."""
+        grid = self_npo_grid(self.policy.num_train_timesteps, self.num_grid_steps).to(self.device)
+        return grid[torch.randint(0, len(grid), (n,), generator=generator, device=self.device)]
+
+    def sample_student_timesteps(self, timesteps: Tensor, generator: torch.Generator) -> Tensor:
+        """The student's ``s ~ U{t+1, ..., T-1}`` ``[n]`` (one place, so tests can pin it)."""
+        return sample_later_timesteps(timesteps, self.policy.num_train_timesteps, generator)
+
     def shared_step(self, batch: ImagePairBatch, stage: str, batch_idx: int) -> ObjectiveOutput:
         """Teacher target, renoising and the student's x0 loss for one batch."""
         gen = self.step_generator(stage, batch_idx)
@@ -113,20 +122,19 @@ class SelfNPOModule(PreferenceModule):
         cond = self.policy.encode_prompt(captions)  # [N, L, D]
         uncond = self.policy.encode_prompt([""] * len(captions))
         num_t, a = self.policy.num_train_timesteps, self.policy.alphas_cumprod
-        grid = self_npo_grid(num_t, self.num_grid_steps).to(self.device)
-        t = grid[torch.randint(0, len(grid), (x0.shape[0],), generator=gen, device=self.device)]
-        noise = torch.randn(x0.shape, generator=gen, device=self.device, dtype=x0.dtype)
+        t = self.sample_timesteps(x0.shape[0], gen)  # [N] grid timesteps
+        noise = self.sample_noise(x0.shape, gen, x0.dtype)
         x_t = self.policy.add_noise(x0, noise, t)  # [N, C, h, w]
         teacher = truncated_diffusion_target(
             self._teacher, a, self.policy.prediction_type, x_t, t, cond, uncond,
             self.guidance_weight, self.num_teacher_steps, num_t // self.num_grid_steps,
         )  # fmt: skip
-        s = sample_later_timesteps(teacher.timesteps, num_t, gen)  # [N]
-        z = torch.randn(x0.shape, generator=gen, device=self.device, dtype=teacher.x_t.dtype)
+        s = self.sample_student_timesteps(teacher.timesteps, gen)  # [N]
+        z = self.sample_noise(x0.shape, gen, teacher.x_t.dtype)
         x_s = renoise(teacher.x_t, teacher.timesteps, s, a, z)  # [N, C, h, w]
         pred = self.policy(x_s, s, cond)  # [N, C, h, w]
         a_s = a[s].view(-1, *[1] * (x_s.dim() - 1))
-        _, pred_x0 = to_epsilon_and_x0(pred.float(), x_s.float(), a_s, self.policy.prediction_type)
+        _, pred_x0 = to_epsilon_and_x0(upcast(pred), upcast(x_s), a_s, self.policy.prediction_type)
         out = self.objective(pred_x0, teacher.target)
         out.metrics["student_timestep"] = s.float().mean()
         return out
@@ -141,8 +149,13 @@ class SelfNPOModule(PreferenceModule):
         self.log_output("train", out, batch.pixels_w.shape[0])
         return out.loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Move the EMA teacher after the optimizer step."""
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step, then move the EMA teacher: once per optimizer step, not per micro-batch.
+
+        As the official script (``if accelerator.sync_gradients``): under gradient accumulation
+        the teacher moves only when the student does.
+        """
+        super().optimizer_step(*args, **kwargs)
         self.update_teacher()
 
     def validation_step(self, batch: ImagePairBatch, batch_idx: int) -> None:

@@ -92,7 +92,7 @@ class UnpairedModule(OfflinePairModule):
         x0 = self.policy.encode_images(batch.pixels, generator)  # [N, C, h, w]
         embeds = self.policy.encode_prompt(batch.captions)  # [N, L, D]
         t = self.sample_timesteps(x0.shape[0], generator)
-        noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
+        noise = self.sample_noise(x0.shape, generator, x0.dtype)
         x_t, target, t = self.noise(x0, t, noise, embeds, generator)
         pred = self.policy(x_t, t, embeds)
         ref = self.reference_predict(x_t, t, embeds) if self.objective.requires_reference else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lightning_pref.objectives.base import PairObjective
-from lightning_pref.objectives.functional import dpo_metrics, dpo_terms
+from lightning_pref.objectives.functional import dpo_metrics, dpo_terms, upcast
 from lightning_pref.types import DenoisePair, ObjectiveOutput
 
 __all__ = ["DSPO"]
@@ -45,12 +45,12 @@ class DSPO(PairObjective):
         inside = -0.5 * self.beta * terms["diff"]  # [B]
         weight = (1 - torch.sigmoid(inside)).view(-1, *[1] * (pair.pred_w.dim() - 1))  # [B,1,1,1]
         assert pair.ref_pred_w is not None  # checked by dpo_terms
-        pred_w = pair.pred_w.float()
-        deviation = pred_w - pair.ref_pred_w.float()  # [B, C, h, w]
+        pred_w = upcast(pair.pred_w)
+        deviation = pred_w - upcast(pair.ref_pred_w)  # [B, C, h, w]
         if self.form == "sdxl":
             far = deviation.pow(2).flatten(1).mean(dim=1).mean() >= self.threshold
             loss = (weight * deviation).pow(2).mean() if far else weight.pow(2).mean()
         else:
-            residual = (pred_w - pair.target_w.float()) - self.beta * weight * deviation
+            residual = (pred_w - upcast(pair.target_w)) - self.beta * weight * deviation
             loss = residual.pow(2).mean()
         return ObjectiveOutput(loss, dpo_metrics(terms, inside))

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from lightning_pref.types import DenoisePair
 
-__all__ = ["dpo_metrics", "dpo_terms", "mse_diff", "per_sample_mse"]
+__all__ = [
+    "dpo_metrics",
+    "dpo_terms",
+    "mse_diff",
+    "per_sample_mse",
+    "to_epsilon_and_x0",
+    "upcast",
+]
+
+
+def upcast(x: Tensor) -> Tensor:
+    """``x`` in at least float32 (fp16/bf16 are raised; float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:
@@ -21,7 +34,7 @@ def per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    return (upcast(pred) - upcast(target)).pow(2).flatten(1).mean(dim=1)
 
 
 def mse_diff(pred_w: Tensor, pred_l: Tensor, target_w: Tensor, target_l: Tensor) -> Tensor:
@@ -54,3 +67,18 @@ def dpo_metrics(terms: dict[str, Tensor], inside: Tensor) -> dict[str, Tensor]:
     metrics = {k: v.mean().detach() for k, v in terms.items() if k != "diff"}
     metrics["implicit_acc"] = (inside > 0).float().mean()
     return metrics
+
+
+def to_epsilon_and_x0(
+    model_out: Tensor, x_t: Tensor, alpha_t: Tensor, prediction_type: str
+) -> tuple[Tensor, Tensor]:
+    """Convert an ε or v prediction into (ε̂, x̂0); ``alpha_t`` is ā_t broadcastable to x_t."""
+    if prediction_type == "epsilon":
+        eps = model_out
+        x0 = (x_t - (1 - alpha_t).sqrt() * eps) / alpha_t.sqrt()
+    elif prediction_type == "v_prediction":
+        x0 = alpha_t.sqrt() * x_t - (1 - alpha_t).sqrt() * model_out
+        eps = alpha_t.sqrt() * model_out + (1 - alpha_t).sqrt() * x_t
+    else:
+        raise ValueError(f"unsupported prediction_type '{prediction_type}'")
+    return eps, x0

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_pref.sampling import to_epsilon_and_x0
+from lightning_pref.objectives.functional import to_epsilon_and_x0, upcast
 from lightning_pref.types import ObjectiveOutput
 
 __all__ = [
@@ -46,7 +46,7 @@ Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 def pseudo_huber(pred: Tensor, target: Tensor, c: float = 0.001) -> Tensor:
     """``mean(sqrt((pred - target)² + c²) - c)`` over every element (a scalar)."""
-    diff = pred.float() - target.float()
+    diff = upcast(pred) - upcast(target)
     return (diff.pow(2) + c * c).sqrt().sub(c).mean()
 
 
@@ -97,11 +97,11 @@ def truncated_diffusion_target(
         num_steps: K, DDIM steps (official 5).
         step_size: grid spacing (official 40 = 1000 // 25).
     """
-    x, t = x_t.float(), timesteps.clone()
+    x, t = upcast(x_t), timesteps.clone()
     active = torch.ones_like(t, dtype=torch.bool)  # False once a sample has stepped to t = 0
     for k in range(num_steps + 1):
         out = teacher(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))
-        out_c, out_u = out.float().chunk(2)
+        out_c, out_u = upcast(out).chunk(2)
         guided = out_c + guidance_weight * (out_c - out_u)  # [B, C, h, w]
         a_t = _view(alphas_cumprod[t], x)
         eps, x0 = to_epsilon_and_x0(guided, x, a_t, prediction_type)
@@ -150,6 +150,6 @@ class SelfNPOLoss(nn.Module):
 
     def forward(self, pred_x0: Tensor, target: Tensor) -> ObjectiveOutput:
         """Scalar loss of ``pred_x0`` ``[B, C, h, w]`` against the detached ``target``."""
-        mse = (pred_x0.float() - target.float()).pow(2).mean()
+        mse = (upcast(pred_x0) - upcast(target)).pow(2).mean()
         loss = mse if self.huber_c is None else pseudo_huber(pred_x0, target, self.huber_c)
         return ObjectiveOutput(loss, {"x0_mse": mse.detach()})
