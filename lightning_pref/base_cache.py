@@ -94,13 +94,16 @@ def base_key(
     Args:
         policy: the base policy (its class and weights).
         prompts: the evaluation prompts.
-        scorers: the scorers by name (class and weights of each).
+        scorers: the scorers by name (class, weights and part names of each).
         settings: the other inputs of sampling and scoring (seed, sampler, batch size, ...).
     """
     identity = {
         "policy": [_class_name(policy), state_digest(policy)],
         "prompts": list(prompts),
-        "scorers": {name: [_class_name(s), state_digest(s)] for name, s in scorers.items()},
+        "scorers": {
+            name: [_class_name(s), state_digest(s), list(s.part_names)]
+            for name, s in scorers.items()
+        },
         "settings": settings,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from lightning_pref.errors import ConfigError
 from lightning_pref.minipick import GoldRater
+from lightning_pref.minipick.rater import FIDELITY, TASTE
 from lightning_pref.minipick.world import parse_caption
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.scoring import Scorer
@@ -20,7 +21,15 @@ __all__ = ["GoldScorer", "ProxyScorer", "default_scorers"]
 
 
 class GoldScorer(Scorer):
-    """MiniPick's hidden gold rater as a :class:`Scorer` (captions must be MiniPick captions)."""
+    """MiniPick's hidden gold rater as a :class:`Scorer` (captions must be MiniPick captions).
+
+    Its parts are the two groups, ``fidelity`` (does the image show what the caption asks for)
+    and ``taste`` (the unstated background preference), then every component of each
+    (:class:`~lightning_pref.minipick.rater.GoldRater`); ``evaluate`` reports ``gold.fidelity``,
+    ``gold.taste``, ``gold.color``, ... with means, medians and win rates.
+    """
+
+    part_names = ("fidelity", "taste", *FIDELITY, *TASTE)
 
     def __init__(self) -> None:
         super().__init__()
@@ -31,6 +40,11 @@ class GoldScorer(Scorer):
     ) -> Tensor:
         """Gold reward ``[N]`` in [0, 1] of images ``[N, 3, H, W]`` in [-1, 1]."""
         return self.rater.score(images, list(captions))
+
+    def parts(self, images: Tensor, captions: Sequence[str]) -> dict[str, Tensor]:
+        """``{"fidelity", "taste", "color", ..., "clean"}``, each ``[N]`` in [0, 1]."""
+        components = self.rater.score_components(images, list(captions))
+        return {**self.rater.score_groups(components), **components}
 
     @staticmethod
     def check_captions(captions: Sequence[str]) -> None:

@@ -132,15 +132,29 @@ def _sample_and_score(
     desc: str,
     **sampling: Any,
 ) -> dict[str, Tensor]:
-    """Sample ``plan`` (captions, seeds) batch by batch and score each batch: ``{name: [N]}``."""
+    """Sample ``plan`` (captions, seeds) batch by batch and score each batch: ``{name: [N]}``.
+
+    A scorer's parts (:attr:`Scorer.part_names`) come after it, named ``<scorer>.<part>``.
+    """
     captions, seeds = plan
-    scores: dict[str, list[Tensor]] = {name: [] for name in scorers}
+    scores: dict[str, list[Tensor]] = {}
+    for name, scorer in scorers.items():
+        scores[name] = []
+        scores.update({f"{name}.{part}": [] for part in scorer.part_names})
     for i in tqdm(range(0, len(captions), batch_size), desc=desc, unit="batch"):
         chunk = captions[i : i + batch_size]
         images = sample_seeded(policy, chunk, seeds[i : i + batch_size], **sampling)
         with torch.no_grad():
             for name, scorer in scorers.items():
                 scores[name].append(scorer(images, chunk).double().cpu())
+                parts = scorer.parts(images, chunk)
+                if set(parts) != set(scorer.part_names):
+                    raise ConfigError(
+                        f"scorer '{name}' returned parts {sorted(parts)}, but its part_names are "
+                        f"{list(scorer.part_names)}: make {type(scorer).__name__}.parts match"
+                    )
+                for part in scorer.part_names:
+                    scores[f"{name}.{part}"].append(parts[part].double().cpu())
     return {name: torch.cat(values) for name, values in scores.items()}
 
 
@@ -211,7 +225,7 @@ def evaluate_policies(
         for name, p, n in models
     )
     rate, ci, counts = win_stats(tuned_s[gold], base_s[gold])
-    stats = {name: score_stats(base_s[name], tuned_s[name]) for name in scorers}
+    stats = {name: score_stats(base_s[name], tuned_s[name]) for name in base_s}
     diversity: list[float | None] = [None, None]
     if samples_per_prompt_for_diversity >= 2:
         subset = list(dict.fromkeys(prompts))[:num_diversity_prompts]

@@ -8,6 +8,10 @@ A job result is the dict :mod:`lightning_pref.leaderboard` writes to
 (``hit``, ``base_seconds``) and ``report`` (an :class:`~lightning_pref.evaluation.EvalReport` as a
 dict; None when the job failed). Means are over the method's successful seeds; the spread of the
 win rate is the sample standard deviation over seeds.
+
+The table shows the gold scorer's headline parts (:data:`HEADLINE_PARTS`: MiniPick's fidelity and
+taste) as columns of their own, each as the mean win rate and the mean score; the other parts
+(``<scorer>.<part>``, :attr:`~lightning_pref.scoring.Scorer.part_names`) are in the JSON only.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_table", "summarize"]
+__all__ = ["HEADLINE_PARTS", "format_table", "summarize"]
+
+HEADLINE_PARTS = ("fidelity", "taste")  # parts of the gold score shown as table columns
 
 Result = dict[str, Any]
 
@@ -47,6 +53,7 @@ def _method_summary(method: str, group: list[Result]) -> dict[str, Any]:
         name: {
             "base": _mean([rep["scores"][name]["base_mean"] for rep in reports]),
             "tuned": _mean([rep["scores"][name]["tuned_mean"] for rep in reports]),
+            "win_rate": _mean([rep["scores"][name].get("win_rate") for rep in reports]),
         }
         for name in names
         if all(name in rep["scores"] for rep in reports)
@@ -147,14 +154,20 @@ def _header(settings: dict[str, Any]) -> str:
     )
 
 
-def _row(method: dict[str, Any], extra: list[str]) -> str:
+def _part_cell(score: dict[str, Any] | None) -> str:
+    """``win rate (base → tuned)`` of one part, or ``-``."""
+    if score is None:
+        return "-"
+    return f"{_fmt(score['win_rate'], '.3f')} ({_arrow(score['base'], score['tuned'], 3)})"
+
+
+def _row(method: dict[str, Any], parts: list[str], extra: list[str]) -> str:
     """One Markdown row of the table."""
     name = f"{method['method']} (`{Path(method['config']).name}`)"
     failed = [f"{s}: failed" for s in method["failed_seeds"]]
     if not method["seeds"]:
-        return (
-            "| " + " | ".join([name, "failed", "; ".join(failed), *["-"] * (5 + len(extra))]) + " |"
-        )
+        blank = ["-"] * (5 + len(parts) + len(extra))
+        return "| " + " | ".join([name, "failed", "; ".join(failed), *blank]) + " |"
     mean, std = method["win_rate_mean"], method["win_rate_std"]
     rate = f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
     per_seed = {
@@ -170,6 +183,7 @@ def _row(method: dict[str, Any], extra: list[str]) -> str:
         rate,
         "; ".join(seeds),
         _arrow(gold.get("base"), gold.get("tuned"), 3),
+        *(_part_cell(scores.get(n)) for n in parts),
         *(_arrow(scores[n]["base"], scores[n]["tuned"], 2) if n in scores else "-" for n in extra),
         _arrow(method["diversity_base"], method["diversity_tuned"], 3),
         _fmt(method["implicit_acc"], ".3f"),
@@ -205,12 +219,16 @@ def format_table(results: Sequence[Result]) -> str:
     summary = summarize(results)
     methods = summary["methods"]
     gold = next((m["gold"] for m in methods if m["gold"]), "gold")
-    extra = sorted({n for m in methods for n in m["scores"]} - {gold})
+    names = {n for m in methods for n in m["scores"]}
+    parts = [f"{gold}.{p}" for p in HEADLINE_PARTS if f"{gold}.{p}" in names]
+    scorers = {n for n in names if not any(n.startswith(f"{o}.") for o in names)}
+    extra = sorted(scorers - {gold})
     columns = [
         "method",
         f"{gold} win rate vs base (mean ± std over seeds)",
         "per seed [95% CI]",
         f"mean {gold} (base → tuned)",
+        *(f"{p.split('.', 1)[1]}: win rate (base → tuned)" for p in parts),
         *(f"{n} (base → tuned)" for n in extra),
         "diversity (base → tuned)",
         "implicit acc.",
@@ -219,6 +237,6 @@ def format_table(results: Sequence[Result]) -> str:
     ]
     lines = [_header(summary["settings"]), ""]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += [_row(m, extra) for m in methods]
+    lines += [_row(m, parts, extra) for m in methods]
     notes = _notes(summary)
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"

@@ -17,6 +17,7 @@ from lightning_pref.errors import ConfigError
 from lightning_pref.evaluation import (
     Z_95,
     EvalReport,
+    GoldScorer,
     _win_stats,
     derive_seed,
     evaluate_policies,
@@ -331,7 +332,17 @@ def test_evaluate_cli_writes_report_grid_and_events(run_dir, tmp_path, capsys, i
     main(["evaluate", "--run", str(run_dir), "--out", str(out), *CLI_FAST])
     report = json.loads((out / "report.json").read_text())
     assert (report["num_samples"], report["num_prompts"], report["num_steps"]) == (4, 4, 2)
-    assert report["gold"] == "gold" and set(report["scores"]) == {"gold"}
+    parts = {f"gold.{p}" for p in GoldScorer.part_names}
+    assert report["gold"] == "gold" and set(report["scores"]) == {"gold"} | parts
+    assert parts >= {"gold.fidelity", "gold.taste", "gold.color", "gold.tone"}
+    scores = report["scores"]
+    for model in ("base", "tuned"):  # the gold reward is 0.60 fidelity + 0.40 taste
+        mean = (
+            0.6 * scores["gold.fidelity"][f"{model}_mean"]
+            + 0.4 * scores["gold.taste"][f"{model}_mean"]
+        )
+        assert mean == pytest.approx(scores["gold"][f"{model}_mean"], abs=1e-6)
+    assert 0.0 <= scores["gold.fidelity"]["win_rate"] <= 1.0
     assert report["wins"] + report["ties"] + report["losses"] == 4
     assert report["win_rate_ci"][0] <= report["win_rate"] <= report["win_rate_ci"][1]
     assert 0.0 <= report["implicit_acc"] <= 1.0  # from the run's own validation files
@@ -357,7 +368,7 @@ def test_evaluate_cli_honours_prompts_scorers_baseline_and_config(run_dir, tmp_p
     main(["evaluate", "--run", str(ckpt), *args, "--implicit_draws", "0", "--seed", "7", *CLI_FAST])
     out = run_dir / "eval_seed7"  # the default output folder
     report = json.loads((out / "report.json").read_text())
-    assert report["num_prompts"] == 2 and set(report["scores"]) == {"g"}
+    assert report["num_prompts"] == 2 and {"g", "g.fidelity", "g.taste"} <= set(report["scores"])
     assert (report["win_rate"], report["ties"]) == (0.5, 4)  # the run against itself
     assert report["implicit_acc"] is None and report["baseline"] == str(ckpt.resolve())
     legend = (out / "grid.txt").read_text().splitlines()[1:]

@@ -131,6 +131,49 @@ the cache 2 time(s), saving 30 s of eval time.
     assert format_table(results) == expected
 
 
+def test_table_shows_the_gold_headline_parts_as_columns():
+    """fidelity: win rate (0.7 + 0.6) / 2 = 0.650, mean 0.10 → (0.20 + 0.30) / 2 = 0.250;
+    taste: win rate 0.9 both seeds, mean 0.40 → 0.60. Other parts (gold.color) stay out of the
+    table; the proxy column keeps its place after the parts.
+    """
+
+    def with_parts(result, fidelity, taste):
+        scores = result["report"]["scores"]
+        for name, (base, tuned, rate) in (("fidelity", fidelity), ("taste", taste)):
+            scores[f"gold.{name}"] = {"base_mean": base, "tuned_mean": tuned, "win_rate": rate}
+        scores["gold.color"] = {"base_mean": 0.1, "tuned_mean": 0.2, "win_rate": 0.6}
+        return result
+
+    kw = {"div": (0.7, 0.6), "implicit": 0.6, "fit": 100.0, "eval": 30.0, "hit": False}
+    results = [
+        with_parts(
+            fake_result("dpo", 0, 0.9, [0.85, 0.95], (0.2, 0.3), (6.0, 7.0), **kw),
+            (0.1, 0.2, 0.7),
+            (0.4, 0.6, 0.9),
+        ),
+        with_parts(
+            fake_result("dpo", 1, 0.8, [0.74, 0.86], (0.2, 0.3), (6.0, 7.0), **kw),
+            (0.1, 0.3, 0.6),
+            (0.4, 0.6, 0.9),
+        ),
+    ]
+    header, rule, row = format_table(results).splitlines()[2:5]
+    assert header == (
+        "| method | gold win rate vs base (mean ± std over seeds) | per seed [95% CI] | "
+        "mean gold (base → tuned) | fidelity: win rate (base → tuned) | "
+        "taste: win rate (base → tuned) | proxy (base → tuned) | diversity (base → tuned) | "
+        "implicit acc. | fit time | eval time |"
+    )
+    assert rule == "|" + "---|" * 11
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3:7] == [
+        "0.200 → 0.300",
+        "0.650 (0.100 → 0.250)",
+        "0.900 (0.400 → 0.600)",
+        "6.00 → 7.00",
+    ]
+
+
 def test_method_name_from_logger_name_or_stem(tmp_path):
     assert method_name(ROOT / "experiments" / "dpo_minipick.yaml") == "dpo"  # logger = stem
     assert method_name(TINY) == "tiny_dpo"

@@ -23,7 +23,7 @@ from lightning_pref.models.components import DiffusionComponents
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.sampling import sample_images
 
-__all__ = ["ScratchMiniPickPolicy", "build_pairs", "png_bytes", "pretrain_base"]
+__all__ = ["ScratchMiniPickPolicy", "build_pairs", "png_bytes", "pretrain_base", "winner_shares"]
 
 SAMPLE_BATCH = 128  # images per sampling batch (two per caption; 256 with CFG)
 
@@ -155,6 +155,25 @@ def _write_split(folder: Path, split: str, captions: list[str], imgs: tuple, lab
     pq.write_table(table, folder / split / f"{split}-00000-of-00001.parquet")
 
 
+def winner_shares(
+    label_0: torch.Tensor, groups_0: dict[str, torch.Tensor], groups_1: dict[str, torch.Tensor]
+) -> dict[str, float]:
+    """Among the decided pairs, the share whose winner is the better image by each gold group.
+
+    ``label_0`` is ``[B]`` (1: image 0 won, 0: image 1 won, 0.5: tie; ties are left out);
+    ``groups_*`` are :meth:`GoldRater.score_groups` of each side. A pair whose two images score
+    the same on a group counts half. Returns ``{"winner_has_higher_fidelity": ..., "winner_has_
+    higher_taste": ...}``: 0.5 is chance, 1 means the labels always follow that group.
+    """
+    decided = label_0 != 0.5  # [B]
+    out = {}
+    for name in groups_0:
+        diff = (groups_0[name] - groups_1[name])[decided]  # [D] image 0 minus image 1
+        sign = torch.where(label_0[decided] == 1.0, diff, -diff).sign()  # [D] winner minus loser
+        out[f"winner_has_higher_{name}"] = float((sign + 1).mean() / 2) if decided.any() else 0.5
+    return out
+
+
 def build_pairs(base_dir: Path, out_dir: Path, settings: AssetSettings) -> dict:
     """Sample two images per prompt from the base model, rate them and write Pick-a-Pic shards.
 
@@ -179,7 +198,8 @@ def build_pairs(base_dir: Path, out_dir: Path, settings: AssetSettings) -> dict:
     for offset, (split, (prompt_split, count)) in enumerate(plan.items()):
         captions = _split_captions(prompt_split, count, settings.pair_seed + offset)
         imgs = _sample_pairs(policy, captions, settings.pair_seed + offset, settings, split)
-        s0, s1 = rater.score(imgs[0], captions), rater.score(imgs[1], captions)
+        parts = [rater.score_components(x, captions) for x in imgs]
+        s0, s1 = (rater.score(x, captions) for x in imgs)
         if margin is None:
             margin = tie_margin_for_rate(s0 - s1, settings.tie_rate)
         gen = torch.Generator().manual_seed(settings.pair_seed + 100 + offset)
@@ -189,6 +209,7 @@ def build_pairs(base_dir: Path, out_dir: Path, settings: AssetSettings) -> dict:
             "pairs": count,
             "ties": float((labels[0] == 0.5).float().mean()),
             "mean_gold": float(torch.cat([s0, s1]).mean()),
+            **winner_shares(labels[0], *(rater.score_groups(p) for p in parts)),
         }
     info["tie_margin"] = margin
     info["seconds"] = round(time.perf_counter() - start, 1)

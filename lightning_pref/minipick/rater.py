@@ -59,6 +59,8 @@ from lightning_pref.minipick.world import (
 __all__ = [
     "DEFAULT_TEMPERATURE",
     "DEFAULT_TIE_MARGIN",
+    "FIDELITY",
+    "TASTE",
     "GoldRater",
     "RaterWeights",
     "calibration_diffs",
@@ -72,6 +74,11 @@ __all__ = [
 DEFAULT_TIE_MARGIN = 0.021
 # temperature_for_agreement(calibration_diffs(4096, seed=0), 0.8) = 0.0732.
 DEFAULT_TEMPERATURE = 0.073
+
+
+# The two groups of components: what the caption asks for, and the unstated taste.
+FIDELITY = ("color", "position", "size", "shape", "border")
+TASTE = ("tone", "clean")
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,19 @@ class GoldRater:
         for f in fields(self.weights):
             total = total + getattr(self.weights, f.name) * parts[f.name]
         return total
+
+    def score_groups(self, components: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Prompt fidelity and taste, each ``[N]`` in ``[0, 1]``, from :meth:`score_components`.
+
+        Each group is its components' weighted mean (weights renormalised within the group), so
+        ``score = w_F · fidelity + w_T · taste`` with ``w_F`` the fidelity weights' sum (0.60 by
+        default) and ``w_T`` the taste weights' sum (0.40).
+        """
+        groups = {}
+        for group, names in (("fidelity", FIDELITY), ("taste", TASTE)):
+            total = sum(getattr(self.weights, n) for n in names)
+            groups[group] = sum(getattr(self.weights, n) * components[n] for n in names) / total
+        return groups
 
     def score_components(self, images: Tensor, captions: list[str]) -> dict[str, Tensor]:
         """Every score component, each ``[N]`` in ``[0, 1]``, keyed as in :class:`RaterWeights`.

@@ -53,6 +53,35 @@ def test_rater_prefers_the_correct_rendering(attribute, size):
     bad_score = RATER.score(render(wrong, size=size, seed=1), captions)
     assert (good_score - bad_score).min() > 0.02
     assert (good[attribute] - bad[attribute]).min() > 0.1
+    good_groups, bad_groups = RATER.score_groups(good), RATER.score_groups(bad)
+    assert (good_groups["fidelity"] - bad_groups["fidelity"]).min() > 0.02
+
+
+def test_score_is_fidelity_and_taste_weighted():
+    """fidelity = (.15 color + .15 position + .10 size + .15 shape + .05 border) / .60 and
+    taste = (.30 tone + .10 clean) / .40, so score = .60 fidelity + .40 taste; on a blank image
+    nothing is found (fidelity 0) and taste is the background's alone.
+    """
+    scenes = sample_scenes(40, seed=4)
+    captions = [caption(s) for s in scenes]
+    images = render(scenes, seed=4)
+    parts = RATER.score_components(images, captions)
+    groups = RATER.score_groups(parts)
+    fidelity = (
+        0.15 * parts["color"]
+        + 0.15 * parts["position"]
+        + 0.10 * parts["size"]
+        + 0.15 * parts["shape"]
+        + 0.05 * parts["border"]
+    ) / 0.60
+    assert_close(groups["fidelity"], fidelity)
+    assert_close(groups["taste"], (0.30 * parts["tone"] + 0.10 * parts["clean"]) / 0.40)
+    assert_close(RATER.score(images, captions), 0.6 * groups["fidelity"] + 0.4 * groups["taste"])
+    blank = RATER.score_groups(
+        RATER.score_components(torch.full((2, 3, 16, 16), -0.8), captions[:2])
+    )
+    assert_close(blank["fidelity"], torch.zeros(2))
+    assert_close(blank["taste"], torch.full((2,), (0.30 * 0.9 + 0.10 * 1.0) / 0.40))
 
 
 def test_correct_renders_score_high_on_fidelity():
@@ -187,3 +216,19 @@ def test_calibrated_margin_gives_the_requested_tie_rate_and_labels_follow_scores
     assert abs(ties.float().mean().item() - 0.12) < 0.03
     agree = (label_0[~ties] == 1.0) == (fresh[~ties] > 0)
     assert agree.float().mean() > 0.75
+
+
+def test_winner_shares_count_decided_pairs_by_group():
+    """Pairs: 0 won (fidelity 0.9 vs 0.1: winner higher), 1 won (0.8 vs 0.2: winner lower), tie
+    (left out), 0 won (0.5 vs 0.5: half). Fidelity share (1 + 0 + 0.5) / 3 = 0.5; taste: the
+    winner is higher in all three, 1.0.
+    """
+    from lightning_pref.minipick.build import winner_shares
+
+    label_0 = torch.tensor([1.0, 0.0, 0.5, 1.0])
+    g0 = {"fidelity": torch.tensor([0.9, 0.8, 0.0, 0.5]), "taste": torch.tensor([0.6, 0.1, 0, 0.7])}
+    g1 = {"fidelity": torch.tensor([0.1, 0.2, 1.0, 0.5]), "taste": torch.tensor([0.2, 0.4, 1, 0.1])}
+    shares = winner_shares(label_0, g0, g1)
+    assert shares == pytest.approx(
+        {"winner_has_higher_fidelity": 0.5, "winner_has_higher_taste": 1.0}
+    )
