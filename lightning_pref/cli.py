@@ -3,8 +3,8 @@
 Plus non-Trainer subcommands: ``bench`` (:mod:`lightning_pref.bench`), ``evaluate``
 (:mod:`lightning_pref.runs`), ``score-pairs`` (:func:`lightning_pref.data.scored.score_pairs_main`),
 ``cache-latents`` (:mod:`lightning_pref.cache_latents`), ``leaderboard``
-(:mod:`lightning_pref.leaderboard`), ``sweep`` (:mod:`lightning_pref.sweep`) and ``export``
-(:mod:`lightning_pref.export`).
+(:mod:`lightning_pref.leaderboard`), ``sweep`` (:mod:`lightning_pref.sweep`), ``export``
+(:mod:`lightning_pref.export`) and ``minipick-base`` (:mod:`lightning_pref.minipick.base_weights`).
 """
 
 from __future__ import annotations
@@ -152,6 +152,11 @@ def main(args: list[str] | None = None) -> None:
             from lightning_pref.leaderboard import leaderboard_main
 
             leaderboard_main(list(argv[1:]))
+            return
+        if argv and argv[0] == "minipick-base":  # rebuild MiniPick's committed base model
+            from lightning_pref.minipick.base_weights import minipick_base_main
+
+            minipick_base_main(list(argv[1:]))
             return
         if argv and argv[0] == "bench":  # training (3 paths) and on-policy throughput
             from lightning_pref.bench import bench_main

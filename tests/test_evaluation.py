@@ -336,7 +336,7 @@ def test_evaluate_cli_writes_report_grid_and_events(run_dir, tmp_path, capsys, i
     assert report["gold"] == "gold" and set(report["scores"]) == {"gold"} | parts
     assert parts >= {"gold.fidelity", "gold.taste", "gold.color", "gold.tone"}
     scores = report["scores"]
-    for model in ("base", "tuned"):  # the gold reward is 0.60 fidelity + 0.40 taste
+    for model in ("base", "tuned"):  # the gold reward is 0.80 fidelity + 0.20 taste
         mean = (
             0.6 * scores["gold.fidelity"][f"{model}_mean"]
             + 0.4 * scores["gold.taste"][f"{model}_mean"]

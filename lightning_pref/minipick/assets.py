@@ -21,10 +21,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["ASSET_VERSION", "AssetSettings", "MiniPickAssets", "default_data_dir"]
+from lightning_pref.errors import ConfigError
+
+__all__ = ["ASSET_VERSION", "BASE_FIELDS", "AssetSettings", "MiniPickAssets", "default_data_dir"]
 
 log = logging.getLogger("lightning_pref.minipick")
-ASSET_VERSION = 3
+ASSET_VERSION = 4
 MANIFEST = "COMPLETE.json"
 
 
@@ -41,7 +43,10 @@ class AssetSettings:
 
     image_size: int = 16
     unet_channels: tuple[int, ...] = (32, 64, 64)
-    base_steps: int = 400
+    # "committed": install the committed weights (trained with exactly these base settings by
+    # `python -m lightning_pref minipick-base`); "train": pretrain with these settings.
+    base_source: str = "committed"
+    base_steps: int = 1000
     base_batch_size: int = 64
     base_lr: float = 1e-3
     base_seed: int = 0
@@ -59,15 +64,16 @@ class AssetSettings:
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
 
 
-_BASE_FIELDS = (
+BASE_FIELDS = (
     "image_size",
     "unet_channels",
+    "base_source",
     "base_steps",
     "base_batch_size",
     "base_lr",
     "base_seed",
 )
-_PAIR_FIELDS = (*_BASE_FIELDS, "pair_seed", "num_train_pairs", "num_val_pairs")
+_PAIR_FIELDS = (*BASE_FIELDS, "pair_seed", "num_train_pairs", "num_val_pairs")
 _PAIR_FIELDS += ("sample_steps", "guidance_scale", "tie_rate", "max_unique_pairs")
 
 
@@ -167,12 +173,23 @@ class MiniPickAssets:
 
     def base_dir(self, build: bool = True) -> Path:
         """The pretrained base model, a diffusers SD-layout folder without a VAE."""
-        folder = self.root / f"base-{self.settings.key(*_BASE_FIELDS)}"
+        folder = self.root / f"base-{self.settings.key(*BASE_FIELDS)}"
         if not build:
             return folder
-        from lightning_pref.minipick.build import pretrain_base
+        if self.settings.base_source == "committed":
+            from lightning_pref.minipick.base_weights import install_committed_base
 
-        return ensure_asset(folder, lambda tmp: pretrain_base(tmp, self.settings), "base model")
+            build = install_committed_base
+        elif self.settings.base_source == "train":
+            from lightning_pref.minipick.build import pretrain_base
+
+            build = pretrain_base
+        else:
+            raise ConfigError(
+                f"AssetSettings.base_source must be 'committed' or 'train', not "
+                f"{self.settings.base_source!r}"
+            )
+        return ensure_asset(folder, lambda tmp: build(tmp, self.settings), "base model")
 
     def pairs_dir(self, build: bool = True) -> Path:
         """Pick-a-Pic v2 parquet shards sampled from the base model and labelled by the rater."""

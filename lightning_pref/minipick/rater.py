@@ -7,19 +7,23 @@ soft mask of pixels close to the named palette colour:
 ==========  ======  ===========================================================================
 component   weight  measures (each in ``[0, 1]``)
 ==========  ======  ===========================================================================
-color       0.15    object found: min(1, mask area / half the expected area) * min(1, fit / 0.5)
-position    0.15    Gaussian of the mask centroid's distance to the named anchor (sigma 0.08)
-size        0.10    Gaussian of log(mask area / expected area of the named shape and size)
-shape       0.15    sigmoid of IoU with the named shape's template minus the best other IoU
+color       0.20    object found: min(1, mask area / half the expected area) * min(1, fit / 0.5)
+position    0.20    Gaussian of the mask centroid's distance to the named anchor (sigma 0.08)
+size        0.15    Gaussian of log(mask area / expected area of the named shape and size)
+shape       0.20    sigmoid of IoU with the named shape's template minus the best other IoU
 border      0.05    not cut off: exp(-mask share on edge pixels more than half covered / 0.05)
-tone        0.30    aesthetic: background darkness, ``(1 - mean background level) / 2``
-clean       0.10    aesthetic: background uniformity, ``exp(-background std / 0.08)``
+tone        0.15    aesthetic: background darkness, ``(1 - mean background level) / 2``
+clean       0.05    aesthetic: background uniformity, ``exp(-background std / 0.08)``
 ==========  ======  ===========================================================================
 
 Here ``fit`` is the best IoU of the mask with any shape's template, so scattered specks of the
 colour do not count as an object. Position, size, shape and border are multiplied by ``color``
 (nothing to judge without an object); tone and clean by the share of background seen, up to half
-the image. Fidelity weighs 0.60 and aesthetics 0.40.
+the image. Fidelity weighs 0.80 and taste (the aesthetics) 0.20: prompt fidelity is what users
+care about most. MiniPick v1 weighed them 0.60/0.40; with a base model that drew (v2), its pairs
+and every method's win rate then mostly measured the background (DPO: taste win rate 1.00,
+fidelity 0.58). With 0.80/0.20 and the 1000-step base, DPO's fidelity win rate is 0.65 (seed 0)
+while taste still wins every time.
 
 The aesthetic taste, a dark and clean background, is never stated in a caption, and the world's
 renders vary on it (background tone and texture are nuisances), so a tiny base model already
@@ -31,7 +35,9 @@ select. A rater that only scores closeness to an ideal rendering gave DPO little
 :func:`calibration_diffs` (4096 pairs of :func:`~lightning_pref.minipick.world.imperfect_render`
 samples of the same train prompt, 16 px, seed 0): ``DEFAULT_TIE_MARGIN`` is the 12 % quantile of
 ``|s0 - s1|`` (Pick-a-Pic's tie rate) and ``DEFAULT_TEMPERATURE`` makes a pair at the median
-``|s0 - s1|`` agree with the score order 80 % of the time.
+``|s0 - s1|`` agree with the score order 80 % of the time. Both were calibrated with the v1 weights
+(0.60/0.40) and not again since; the pair builder sets the tie margin afresh from the pairs it
+labels (``AssetSettings.tie_rate``), so only the temperature carries the old calibration.
 """
 
 from __future__ import annotations
@@ -85,13 +91,13 @@ TASTE = ("tone", "clean")
 class RaterWeights:
     """Weights of the score components; they sum to 1, so scores lie in ``[0, 1]``."""
 
-    color: float = 0.15
-    position: float = 0.15
-    size: float = 0.10
-    shape: float = 0.15
+    color: float = 0.20
+    position: float = 0.20
+    size: float = 0.15
+    shape: float = 0.20
     border: float = 0.05
-    tone: float = 0.30
-    clean: float = 0.10
+    tone: float = 0.15
+    clean: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -164,8 +170,8 @@ class GoldRater:
         """Prompt fidelity and taste, each ``[N]`` in ``[0, 1]``, from :meth:`score_components`.
 
         Each group is its components' weighted mean (weights renormalised within the group), so
-        ``score = w_F · fidelity + w_T · taste`` with ``w_F`` the fidelity weights' sum (0.60 by
-        default) and ``w_T`` the taste weights' sum (0.40).
+        ``score = w_F · fidelity + w_T · taste`` with ``w_F`` the fidelity weights' sum (0.80 by
+        default) and ``w_T`` the taste weights' sum (0.20).
         """
         groups = {}
         for group, names in (("fidelity", FIDELITY), ("taste", TASTE)):

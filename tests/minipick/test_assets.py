@@ -14,6 +14,7 @@ from lightning_pref.minipick.assets import (
 )
 
 TINY = AssetSettings(
+    base_source="train",
     base_steps=3,
     base_batch_size=8,
     num_train_pairs=50,

@@ -58,9 +58,10 @@ def test_rater_prefers_the_correct_rendering(attribute, size):
 
 
 def test_score_is_fidelity_and_taste_weighted():
-    """fidelity = (.15 color + .15 position + .10 size + .15 shape + .05 border) / .60 and
-    taste = (.30 tone + .10 clean) / .40, so score = .60 fidelity + .40 taste; on a blank image
-    nothing is found (fidelity 0) and taste is the background's alone.
+    """fidelity = (.20 color + .20 position + .15 size + .20 shape + .05 border) / .80 and
+    taste = (.15 tone + .05 clean) / .20, so score = .80 fidelity + .20 taste; on a blank image
+    nothing is found (fidelity 0) and taste is the background's alone: tone (1 + 0.8) / 2 = 0.9,
+    clean exp(0) = 1, taste (.15 * .9 + .05) / .2 = 0.925.
     """
     scenes = sample_scenes(40, seed=4)
     captions = [caption(s) for s in scenes]
@@ -68,20 +69,20 @@ def test_score_is_fidelity_and_taste_weighted():
     parts = RATER.score_components(images, captions)
     groups = RATER.score_groups(parts)
     fidelity = (
-        0.15 * parts["color"]
-        + 0.15 * parts["position"]
-        + 0.10 * parts["size"]
-        + 0.15 * parts["shape"]
+        0.20 * parts["color"]
+        + 0.20 * parts["position"]
+        + 0.15 * parts["size"]
+        + 0.20 * parts["shape"]
         + 0.05 * parts["border"]
-    ) / 0.60
+    ) / 0.80
     assert_close(groups["fidelity"], fidelity)
-    assert_close(groups["taste"], (0.30 * parts["tone"] + 0.10 * parts["clean"]) / 0.40)
-    assert_close(RATER.score(images, captions), 0.6 * groups["fidelity"] + 0.4 * groups["taste"])
+    assert_close(groups["taste"], (0.15 * parts["tone"] + 0.05 * parts["clean"]) / 0.20)
+    assert_close(RATER.score(images, captions), 0.8 * groups["fidelity"] + 0.2 * groups["taste"])
     blank = RATER.score_groups(
         RATER.score_components(torch.full((2, 3, 16, 16), -0.8), captions[:2])
     )
     assert_close(blank["fidelity"], torch.zeros(2))
-    assert_close(blank["taste"], torch.full((2,), (0.30 * 0.9 + 0.10 * 1.0) / 0.40))
+    assert_close(blank["taste"], torch.full((2,), 0.925))
 
 
 def test_correct_renders_score_high_on_fidelity():
@@ -111,7 +112,9 @@ def test_aesthetic_prefers_dark_clean_background_at_equal_fidelity(liked, dislik
     assert (good[term] - bad[term]).min() > 0.1
     weights = RaterWeights()
     total = lambda parts: sum(getattr(weights, k) * v for k, v in parts.items())  # noqa: E731
-    assert (total(good) - total(bad)).min() > 0.03
+    assert (total(good) - total(bad)).min() > 0.015  # taste weighs 0.20 (clean 0.05)
+    taste = RATER.score_groups(good)["taste"] - RATER.score_groups(bad)["taste"]
+    assert taste.min() > 0.1
 
 
 def test_score_is_the_weighted_sum_of_components_in_unit_range():
