@@ -338,8 +338,8 @@ def test_evaluate_cli_writes_report_grid_and_events(run_dir, tmp_path, capsys, i
     scores = report["scores"]
     for model in ("base", "tuned"):  # the gold reward is 0.80 fidelity + 0.20 taste
         mean = (
-            0.6 * scores["gold.fidelity"][f"{model}_mean"]
-            + 0.4 * scores["gold.taste"][f"{model}_mean"]
+            0.8 * scores["gold.fidelity"][f"{model}_mean"]
+            + 0.2 * scores["gold.taste"][f"{model}_mean"]
         )
         assert mean == pytest.approx(scores["gold"][f"{model}_mean"], abs=1e-6)
     assert 0.0 <= scores["gold.fidelity"]["win_rate"] <= 1.0
