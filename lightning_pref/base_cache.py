@@ -36,6 +36,7 @@ from lightning_pref.evaluation import (
 )
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.runs import EvaluateArgs, prepare_evaluation
+from lightning_pref.sampling import Denoiser
 from lightning_pref.scoring import Scorer
 
 __all__ = [
@@ -216,11 +217,14 @@ def evaluate_policies_cached(
     batch_size: int = 64,
     samples_per_prompt_for_diversity: int = 4,
     num_diversity_prompts: int = 8,
+    tuned_negative: Denoiser | None = None,
 ) -> tuple[EvalReport, BaseUse]:
     """:func:`~lightning_pref.evaluation.evaluate_policies`, with the base's samples from ``cache``.
 
-    The arguments are those of ``evaluate_policies``, plus ``cache``. Returns the same report,
-    and whether the base came from the cache (and how long sampling it took).
+    The arguments are those of ``evaluate_policies``, plus ``cache``. ``tuned_negative`` guides
+    the tuned side only (a negative-model run: its base guided by it); the cached base is always
+    sampled with plain CFG. Returns the same report, and whether the base came from the cache
+    (and how long sampling it took).
     """
     if gold not in scorers:
         raise ConfigError(f"the gold scorer '{gold}' is not among the scorers {sorted(scorers)}")
@@ -239,8 +243,9 @@ def evaluate_policies_cached(
         cache.put(key, entry)
         use = BaseUse(False, entry.seconds)
     base_s = {name: torch.tensor(v, dtype=torch.float64) for name, v in entry.scores.items()}
-    tuned_s = _sample_and_score(tuned, plan, scorers, batch_size, "sampling tuned", **sampling)
-    diversity = _diversity(tuned, subset, seed, k, **sampling) if k >= 2 else None
+    guided = {**sampling, "uncond_denoiser": tuned_negative}
+    tuned_s = _sample_and_score(tuned, plan, scorers, batch_size, "sampling tuned", **guided)
+    diversity = _diversity(tuned, subset, seed, k, **guided) if k >= 2 else None
     report = _report(gold, base_s, tuned_s, (entry.diversity, diversity), plan, sampling, seed)
     return report, use
 
@@ -255,7 +260,12 @@ def evaluate_run_cached(args: EvaluateArgs, cache: BaseCache) -> tuple[EvalRepor
         args: what to evaluate and how (as ``python -m lightning_pref evaluate`` takes it).
         cache: where the base model's samples are looked up and stored.
     """
-    setup = prepare_evaluation(args)
+    setup = prepare_evaluation(args, negative_guidance=True)
+    if setup.base_negative is not None:  # the cache holds the plain base only
+        raise ConfigError(
+            "--baseline_negative (or a negative-model run as --baseline) is not cached: evaluate "
+            "it with `python -m lightning_pref evaluate`"
+        )
     report, use = evaluate_policies_cached(
         setup.base.policy,
         setup.tuned.policy,
@@ -270,5 +280,6 @@ def evaluate_run_cached(args: EvaluateArgs, cache: BaseCache) -> tuple[EvalRepor
         eta=args.eta,
         batch_size=args.batch_size,
         samples_per_prompt_for_diversity=args.diversity_samples,
+        tuned_negative=setup.tuned_negative,
     )
     return setup.finish(report, args), use

@@ -55,6 +55,7 @@ __all__ = ["Job", "LeaderboardArgs", "leaderboard_main", "method_name", "parse_a
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 MINIPICK_METHODS = (
     "dpo", "sft", "smpo", "inpo", "dspo", "mapo", "kto", "spo", "tailorpo", "tailorpo_g",
+    "npo", "capo", "exo", "self_npo",
 )  # fmt: skip
 """The default: every method's MiniPick config, ``experiments/<method>_minipick.yaml``."""
 FIT_MARKER = "leaderboard_fit.json"  # in a run folder: the fit finished (and how long it took)

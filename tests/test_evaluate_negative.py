@@ -164,3 +164,28 @@ def test_dpo_plus_npo_against_the_same_dpo_has_no_implicit_accuracy(runs, tmp_pa
     assert evaluate_run([*same, "--out", str(tmp_path / "same")]).implicit_acc is None
     plain = ["--run", dpo, "--negative", npo, *FAST, *draws, "--out", str(tmp_path / "base")]
     assert evaluate_run(plain).implicit_acc is not None
+
+
+def test_leaderboard_cache_evaluates_an_npo_run_as_evaluate_does(runs, tmp_path):
+    """The leaderboard's cached path guides the tuned side of an NPO run (base + NPO) and gives
+    evaluate's report exactly; a negative model on the baseline side is refused, not dropped."""
+    from lightning_pref.base_cache import BaseCache, evaluate_run_cached
+
+    expected = _evaluate("--run", str(runs["npo"]), out=tmp_path / "plain")
+    cache = BaseCache()
+    for _ in range(2):  # a miss, then a hit on the plain base's samples
+        report, _use = evaluate_run_cached(
+            parse_evaluate_args(["--run", str(runs["npo"]), *FAST]), cache
+        )
+        assert report.scores == expected.scores
+        assert (report.wins, report.ties, report.losses) == (
+            expected.wins,
+            expected.ties,
+            expected.losses,
+        )
+        assert report.negative == str(runs["npo"])
+    with pytest.raises(ConfigError, match="not cached"):
+        evaluate_run_cached(
+            parse_evaluate_args(["--run", str(runs["dpo"]), "--baseline", str(runs["npo"]), *FAST]),
+            cache,
+        )
