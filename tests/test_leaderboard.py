@@ -423,3 +423,16 @@ def test_default_is_every_minipick_method_with_seed_0():
     assert [method_name(c) for c in args.configs] == list(MINIPICK_METHODS)
     assert all(Path(c).is_file() for c in args.configs)
     assert {"smpo", "inpo", "dspo", "mapo", "kto", "dpo"} <= set(MINIPICK_METHODS)
+    assert {"npo", "capo", "exo", "self_npo", "spo", "tailorpo_g"} <= set(MINIPICK_METHODS)
+    assert len(MINIPICK_METHODS) == 14
+
+
+def test_every_method_with_one_seed_into_its_own_folder():
+    """The README's v2 leaderboard command (one seed per folder, run side by side): every
+    method, that seed only, results under that folder."""
+    from lightning_pref.leaderboard import MINIPICK_METHODS, method_name, parse_args
+
+    args = parse_args(["--seeds", "1", "--out", "lb/s1"])
+    assert args.seeds == [1]
+    assert str(args.out) == "lb/s1"
+    assert [method_name(c) for c in args.configs] == list(MINIPICK_METHODS)

@@ -71,6 +71,10 @@ PLAN: dict[str, dict] = {
         "mode": "test",
         "test": "tests/test_leaderboard.py::test_default_is_every_minipick_method_with_seed_0",
     },
+    lp("leaderboard --seeds 0 --out lb/s0"): {
+        "mode": "test",
+        "test": "tests/test_leaderboard.py::test_every_method_with_one_seed_into_its_own_folder",
+    },
     lp(
         "leaderboard --configs experiments/dpo_minipick.yaml experiments/smpo_minipick.yaml "
         "--seeds 0 1 2 --out results/leaderboard"

@@ -39,3 +39,27 @@ def test_training_pairs_differ_in_fidelity(assets):
     pairs = assets.pairs_dir(build=True)
     info = json.loads((pairs / MANIFEST).read_text())["info"]["train"]
     assert info["winner_has_higher_fidelity"] >= 0.60, info
+
+
+def test_reward_sides_diagnostic_reproduces_its_recorded_output(assets):
+    """The README's evidence that the learned rewards weigh taste above fidelity comes from
+    ``results/minipick_v2_leaderboard/diagnostics/reward_sides.py``; on the validation pairs it
+    reproduces the JSON recorded next to it, and there the gold rater sides with fidelity in most
+    conflict pairs while the SPM does not. Tolerances allow for assets rebuilt with another torch
+    thread count (float differences can flip a sample's pixel or a near-tie label)."""
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "results/minipick_v2_leaderboard/diagnostics"
+    spec = importlib.util.spec_from_file_location("reward_sides", folder / "reward_sides.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    got = module.reward_sides(("validation",), data_dir=str(assets.root))["validation"]
+    recorded = json.loads((folder / "reward_sides.json").read_text())["validation"]
+    assert abs(got["conflict_pairs"] - recorded["conflict_pairs"]) <= 3
+    for key in ("gold_sides_with_fidelity", "labels_side_with_fidelity"):
+        assert got[key] == pytest.approx(recorded[key], abs=0.1), key
+    for name in ("proxy", "spm_t0"):
+        for key, value in recorded[name].items():
+            assert got[name][key] == pytest.approx(value, abs=0.1), (name, key)
+    assert got["gold_sides_with_fidelity"] > 0.6 > got["spm_t0"]["sides_with_fidelity"]
