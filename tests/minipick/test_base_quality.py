@@ -63,3 +63,20 @@ def test_reward_sides_diagnostic_reproduces_its_recorded_output(assets):
         for key, value in recorded[name].items():
             assert got[name][key] == pytest.approx(value, abs=0.1), (name, key)
     assert got["gold_sides_with_fidelity"] > 0.6 > got["spm_t0"]["sides_with_fidelity"]
+
+
+def test_gradient_cosine_diagnostic_agrees_with_itself_on_a_forward_noised_method(assets):
+    """``gradient_cosine.py`` (the README's evidence on InPO and SmPO) compares the right gradients
+    on the same pairs: DSPO's loss at the first step (policy = reference) is a rescaled DPO loss on
+    the same forward-noised inputs, so its gradient points along DPO's in every timestep range,
+    and DPO with other draws agrees with itself well above the inversion methods' figures."""
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "results/minipick_v2_leaderboard/diagnostics"
+    spec = importlib.util.spec_from_file_location("gradient_cosine", folder / "gradient_cosine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    got = module.gradient_cosines(["dspo"])
+    assert all(c == pytest.approx(1.0, abs=1e-3) for c in got["dspo"].values()), got
+    assert all(c > 0.8 for c in got["dpo_other_draws"].values()), got
