@@ -3,7 +3,10 @@ differ in fidelity. Runs on the real cached assets (built on first use): the REA
 pytest call (``-m minipick``).
 """
 
+import importlib.util
 import json
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -12,6 +15,17 @@ from lightning_pref.minipick.build import base_quality
 from lightning_pref.models.policy import DiffusionPolicy
 
 pytestmark = pytest.mark.minipick
+
+
+DIAGNOSTICS = Path(__file__).resolve().parents[2] / "results/minipick_v2_leaderboard/diagnostics"
+
+
+def _diagnostic(name: str) -> ModuleType:
+    """A diagnostics script of the v2 leaderboard (not part of the package), imported by path."""
+    spec = importlib.util.spec_from_file_location(name, DIAGNOSTICS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +61,9 @@ def test_reward_sides_diagnostic_reproduces_its_recorded_output(assets):
     reproduces the JSON recorded next to it, and there the gold rater sides with fidelity in most
     conflict pairs while the SPM does not. Tolerances allow for assets rebuilt with another torch
     thread count (float differences can flip a sample's pixel or a near-tie label)."""
-    import importlib.util
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[2] / "results/minipick_v2_leaderboard/diagnostics"
-    spec = importlib.util.spec_from_file_location("reward_sides", folder / "reward_sides.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _diagnostic("reward_sides")
     got = module.reward_sides(("validation",), data_dir=str(assets.root))["validation"]
-    recorded = json.loads((folder / "reward_sides.json").read_text())["validation"]
+    recorded = json.loads((DIAGNOSTICS / "reward_sides.json").read_text())["validation"]
     assert abs(got["conflict_pairs"] - recorded["conflict_pairs"]) <= 3
     for key in ("gold_sides_with_fidelity", "labels_side_with_fidelity"):
         assert got[key] == pytest.approx(recorded[key], abs=0.1), key
@@ -70,13 +78,6 @@ def test_gradient_cosine_diagnostic_agrees_with_itself_on_a_forward_noised_metho
     on the same pairs: DSPO's loss at the first step (policy = reference) is a rescaled DPO loss on
     the same forward-noised inputs, so its gradient points along DPO's in every timestep range,
     and DPO with other draws agrees with itself well above the inversion methods' figures."""
-    import importlib.util
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[2] / "results/minipick_v2_leaderboard/diagnostics"
-    spec = importlib.util.spec_from_file_location("gradient_cosine", folder / "gradient_cosine.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    got = module.gradient_cosines(["dspo"])
+    got = _diagnostic("gradient_cosine").gradient_cosines(["dspo"])
     assert all(c == pytest.approx(1.0, abs=1e-3) for c in got["dspo"].values()), got
     assert all(c > 0.8 for c in got["dpo_other_draws"].values()), got
