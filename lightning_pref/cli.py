@@ -1,10 +1,8 @@
-"""Command line: ``python -m lightning_pref {fit,validate,test} --config X.yaml``.
+"""The training command line: ``python -m lightning_pref {fit,validate,test} --config X.yaml``.
 
-Plus non-Trainer subcommands: ``bench`` (:mod:`lightning_pref.bench`), ``evaluate``
-(:mod:`lightning_pref.runs`), ``score-pairs`` (:func:`lightning_pref.data.scored.score_pairs_main`),
-``cache-latents`` (:mod:`lightning_pref.cache_latents`), ``leaderboard``
-(:mod:`lightning_pref.leaderboard`), ``sweep`` (:mod:`lightning_pref.sweep`), ``export``
-(:mod:`lightning_pref.export`) and ``minipick-base`` (:mod:`lightning_pref.minipick.base_weights`).
+:class:`PreferenceCLI` is LightningCLI with our trainer defaults; :func:`run_reporting_errors` turns
+user errors into one ``error: ...`` line for every subcommand (the table of subcommands is in
+:mod:`lightning_pref.__main__`).
 """
 
 from __future__ import annotations
@@ -13,9 +11,11 @@ import argparse
 import re
 import sys
 import warnings
-from typing import Any
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any, NoReturn, TypeVar
 
-from jsonargparse import lazy_instance
+from jsonargparse import ArgumentParser, lazy_instance
 from lightning import LightningDataModule
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
@@ -25,11 +25,22 @@ from lightning_pref.callbacks.checkpoint import LastCheckpoint
 from lightning_pref.callbacks.preemption import Preempted, Preemption
 from lightning_pref.callbacks.progress import StepProgressBar
 from lightning_pref.callbacks.run_summary import RunSummary
-from lightning_pref.errors import LightningPrefError
+from lightning_pref.errors import user_error
 from lightning_pref.modules.base import PreferenceModule
-from lightning_pref.resume import resolve_last_checkpoint
+from lightning_pref.training.resume import resolve_last_checkpoint
 
-__all__ = ["PreferenceCLI", "main"]
+__all__ = [
+    "PreferenceCLI",
+    "RaisingArgumentParser",
+    "condense_parse_error",
+    "dataclass_parser",
+    "main",
+    "parse_dataclass",
+    "run_reporting_errors",
+]
+
+
+T = TypeVar("T")
 
 
 def trainer_defaults() -> dict[str, Any]:
@@ -88,23 +99,43 @@ class PreferenceCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+class RaisingArgumentParser(argparse.ArgumentParser):
+    """An argparse parser that raises ``ArgumentError`` (printed as one line by the CLI)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise instead of printing the usage and exiting."""
+        raise argparse.ArgumentError(None, message)
+
+
+def dataclass_parser(cls: type, prog: str, config_file: bool = False) -> ArgumentParser:
+    """The parser of a subcommand whose arguments are the typed dataclass ``cls``.
+
+    ``--help`` comes from the dataclass's fields and its docstring's ``Attributes:``;
+    ``config_file`` adds ``--config`` (a YAML file of these arguments). Errors raise
+    ``ArgumentError``.
+    """
+    parser = ArgumentParser(prog=prog, exit_on_error=False)
+    if config_file:
+        parser.add_argument("--config", action="config", help="a YAML file of these arguments")
+    parser.add_class_arguments(cls, as_group=False)
+    return parser
+
+
+def parse_dataclass(cls: type[T], argv: list[str], prog: str, config_file: bool = False) -> T:
+    """Parse ``argv`` into ``cls`` (:func:`dataclass_parser`).
+
+    Class-typed fields (a ``Scorer``, given by ``class_path``) are instantiated.
+    """
+    parser = dataclass_parser(cls, prog, config_file)
+    config = vars(parser.instantiate(parser.parse_args(argv)))
+    return cls(**{f.name: config[f.name] for f in fields(cls)})  # type: ignore[call-arg]
+
+
 def _quiet_known_warnings() -> None:
     # frozen VAE/text encoder/reference are in eval mode on purpose
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-
-
-def _user_error(err: BaseException) -> LightningPrefError | None:
-    """The LightningPrefError behind ``err`` (jsonargparse and Lightning wrap what they catch)."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        if isinstance(current, LightningPrefError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
 
 
 _NOISE = (
@@ -138,52 +169,14 @@ def condense_parse_error(message: str) -> str:
     return message.strip().splitlines()[0]
 
 
-def main(args: list[str] | None = None) -> None:
-    """Run the CLI; user errors end with one ``error: ...`` line and exit code 2."""
+def run_reporting_errors(command: Callable[[], object]) -> None:
+    """Run a subcommand; a user error ends with one ``error: ...`` line and exit code 2.
+
+    A preemption exits with ``128 + signal`` so SLURM requeues the job.
+    """
     _quiet_known_warnings()
-    argv = sys.argv[1:] if args is None else args
     try:
-        if argv and argv[0] == "evaluate":  # not a Trainer subcommand: lightning_pref.runs
-            from lightning_pref.evaluation import evaluate_main
-
-            evaluate_main(list(argv[1:]))
-            return
-        if argv and argv[0] == "leaderboard":  # runs fit subprocesses: lightning_pref.leaderboard
-            from lightning_pref.leaderboard import leaderboard_main
-
-            leaderboard_main(list(argv[1:]))
-            return
-        if argv and argv[0] == "minipick-base":  # rebuild MiniPick's committed base model
-            from lightning_pref.minipick.base_weights import minipick_base_main
-
-            minipick_base_main(list(argv[1:]))
-            return
-        if argv and argv[0] == "bench":  # training (3 paths) and on-policy throughput
-            from lightning_pref.bench import bench_main
-
-            bench_main(list(argv[1:]))
-            return
-        if argv and argv[0] == "sweep":  # grid x seeds of fit runs: lightning_pref.sweep
-            from lightning_pref.sweep import sweep_main
-
-            sweep_main(list(argv[1:]))
-            return
-        if argv and argv[0] == "export":  # to diffusers pipeline/LoRA: lightning_pref.export
-            from lightning_pref.export import export_main
-
-            export_main(list(argv[1:]))
-            return
-        if argv and argv[0] == "cache-latents":  # encode pairs once: lightning_pref.cache_latents
-            from lightning_pref.cache_latents import cache_latents_main
-
-            cache_latents_main(list(argv[1:]))
-            return
-        if argv and argv[0] == "score-pairs":  # offline scoring for ScoreLabels (SmPO)
-            from lightning_pref.data.scored import score_pairs_main
-
-            score_pairs_main(list(argv[1:]))
-            return
-        PreferenceCLI(args=args)
+        command()
     except Preempted as err:
         print(f"preempted: {err}", file=sys.stderr)
         raise SystemExit(128 + err.signum) from None
@@ -194,8 +187,13 @@ def main(args: list[str] | None = None) -> None:
         )
         raise SystemExit(2) from None
     except Exception as err:
-        user_error = _user_error(err)
-        if user_error is None:
+        error = user_error(err)
+        if error is None:
             raise
-        print(f"error: {user_error}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def main(args: list[str] | None = None) -> None:
+    """``fit``, ``validate`` or ``test``: :class:`PreferenceCLI` with one-line user errors."""
+    run_reporting_errors(lambda: PreferenceCLI(args=args))

@@ -8,6 +8,8 @@ __all__ = [
     "LightningPrefError",
     "ModelLoadError",
     "TrainingDivergedError",
+    "first_line",
+    "user_error",
 ]
 
 
@@ -29,3 +31,21 @@ class ConfigError(LightningPrefError):
 
 class TrainingDivergedError(LightningPrefError):
     """The loss became NaN or infinite; the run stops with the step and a suggestion."""
+
+
+def user_error(err: BaseException) -> LightningPrefError | None:
+    """The LightningPrefError behind ``err`` (jsonargparse and Lightning wrap what they catch)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, LightningPrefError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def first_line(err: BaseException) -> str:
+    """``Type: first line of the message``: a library error quoted in our one-line errors."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"

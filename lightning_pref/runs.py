@@ -1,13 +1,12 @@
-"""Training runs: find them and load their models (the ``evaluate`` CLI builds on this).
+"""Training runs: find them and load their models (the commands that read runs build on this).
 
 A run folder is what ``python -m lightning_pref fit`` writes (``runs/NAME/version_N``): the fully
 resolved ``config.yaml`` saved by LightningCLI and ``checkpoints/last.ckpt``. Models are rebuilt
 from the config exactly as the CLI builds them (same parser, same seeding), then the checkpoint's
 trainable weights are loaded with ``weights_only=True``, so opening a checkpoint never runs code.
 
-``python -m lightning_pref evaluate --run runs/NAME/version_N`` is built on these functions in
-:mod:`lightning_pref.eval_cli`; its names (``EvaluateArgs``, ``prepare_evaluation``,
-``evaluate_run``, ...) stay importable from here.
+``python -m lightning_pref evaluate --run runs/NAME/version_N`` loads runs through these functions
+(:mod:`lightning_pref.evaluation.setup`). This module imports no command.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import yaml
@@ -28,37 +27,16 @@ from lightning_pref.callbacks.ema import ema_state_from_checkpoint
 from lightning_pref.cli import PreferenceCLI
 from lightning_pref.data.pickapic import PickAPicDataModule
 from lightning_pref.errors import ConfigError, DataError, ModelLoadError
-from lightning_pref.eval_args import EvaluateArgs, parse_evaluate_args
 from lightning_pref.modules.base import PreferenceModule
-from lightning_pref.prompt_sets import read_prompts
-
-if TYPE_CHECKING:
-    from lightning_pref.eval_cli import EvalSetup, evaluate_run, prepare_evaluation
 
 __all__ = [
-    "EvaluateArgs",
-    "EvalSetup",
     "RunPaths",
-    "evaluate_run",
+    "build_from_config",
     "find_run",
     "load_datamodule",
     "load_module",
-    "prepare_evaluation",
-    "read_prompts",
     "run_val_loader",
 ]
-
-_parse = parse_evaluate_args  # the leaderboard checks its --eval_args with it
-_FROM_EVAL_CLI = ("EvalSetup", "evaluate_run", "prepare_evaluation")
-
-
-def __getattr__(name: str) -> Any:
-    """Names of :mod:`lightning_pref.eval_cli`, looked up on first use (it imports this module)."""
-    if name in _FROM_EVAL_CLI:
-        from lightning_pref import eval_cli
-
-        return getattr(eval_cli, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # Top-level keys of a saved ``fit``/``validate``/``test`` config that belong to the subcommand or
@@ -124,7 +102,7 @@ def find_run(path: str | Path) -> RunPaths:
     return RunPaths(config.resolve(), ckpt.resolve() if ckpt is not None else None)
 
 
-class _BuildCLI(PreferenceCLI):
+class BuildCLI(PreferenceCLI):
     """The training CLI that builds model and data but no trainer."""
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
@@ -132,7 +110,7 @@ class _BuildCLI(PreferenceCLI):
         return None
 
 
-def _build(config_path: str | Path) -> _BuildCLI:
+def build_from_config(config_path: str | Path) -> BuildCLI:
     """Parse a saved run config and instantiate its model and data module as ``fit`` would."""
     config_path = Path(config_path)
     if not config_path.is_file():
@@ -147,7 +125,7 @@ def _build(config_path: str | Path) -> _BuildCLI:
         warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
         seed_logger.setLevel(logging.WARNING)  # "Seed set to N" once per model loaded
         try:
-            return _BuildCLI(args=args, run=False)
+            return BuildCLI(args=args, run=False)
         finally:
             seed_logger.setLevel(level)
 
@@ -188,7 +166,7 @@ def load_module(
         ConfigError: if a file is missing or the checkpoint does not match the model.
         ModelLoadError: if the checkpoint cannot be read safely.
     """
-    module = _build(config_path).model
+    module = build_from_config(config_path).model
     if not isinstance(module, PreferenceModule):
         raise ConfigError(f"the model of '{config_path}' is not a PreferenceModule")
     module.configure_model()
@@ -206,7 +184,7 @@ def load_module(
 
 def load_datamodule(config_path: str | Path) -> LightningDataModule | None:
     """The run's data module as configured (nothing is read until ``setup``), or None."""
-    return _build(config_path).datamodule
+    return build_from_config(config_path).datamodule
 
 
 def run_val_loader(

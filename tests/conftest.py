@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +72,34 @@ def minipick_assets() -> None:
     """Ensure MiniPick's base model and pairs are built."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     subprocess.run([sys.executable, "-c", BUILD], env=env, check=True, timeout=1500)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fit_tiny(config: str, save_dir: Path, *extra: str, max_steps: int = 2) -> Path:
+    """Train ``max_steps`` of ``tests/configs/<config>`` quietly, from the repository root.
+
+    No validation, no progress bar, the run under ``save_dir``; ``extra`` are further ``fit``
+    arguments. The scorers of the SPO configs live in ``tests/resume``. Returns the version folder.
+    """
+    from lightning_pref.__main__ import main
+
+    args = ["fit", "--config", str(ROOT / "tests" / "configs" / config)]
+    args += [f"--trainer.max_steps={max_steps}", "--trainer.enable_progress_bar=false"]
+    args += ["--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0"]
+    args += [f"--trainer.logger.init_args.save_dir={save_dir}", *extra]
+    before = set(Path(save_dir).rglob("version_*"))
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
+        mp.chdir(ROOT)  # the configs name their data relative to the repository root
+        mp.syspath_prepend(str(ROOT / "tests" / "resume"))
+        main(args)
+    (version,) = set(Path(save_dir).rglob("version_*")) - before
+    return version
+
+
+@pytest.fixture(scope="session")
+def fit_tiny():
+    """:func:`_fit_tiny`: a short run of a test config, shared by the tests that need one."""
+    return _fit_tiny

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-import lightning_pref.base_cache as base_cache
-from lightning_pref.base_cache import BaseCache, evaluate_policies_cached, state_digest
+import lightning_pref.evaluation.base_cache as base_cache
 from lightning_pref.errors import ConfigError
-from lightning_pref.evaluation import evaluate_policies
+from lightning_pref.evaluation.base_cache import BaseCache, evaluate_policies_cached, state_digest
+from lightning_pref.evaluation.compare import SamplingOptions, evaluate_policies
 from lightning_pref.models import TinyDiffusionPolicy
 from lightning_pref.scoring import Scorer
 
@@ -68,15 +68,15 @@ def count_base_sampling(monkeypatch):
 
 def _cached(base, tuned, cache, seed=0, scorers=None):
     scorers = scorers or {"gold": Brightness()}
-    return evaluate_policies_cached(
-        base, tuned, PROMPTS, scorers, "gold", 5, seed, cache, **SETTINGS, **DIVERSITY
-    )
+    options = SamplingOptions(**SETTINGS, **DIVERSITY)
+    return evaluate_policies_cached(cache, base, tuned, PROMPTS, scorers, "gold", 5, seed, options)
 
 
 def test_cached_report_equals_evaluate_policies_on_miss_and_hit(policies, count_base_sampling):
     base, tuned = policies
+    options = SamplingOptions(**SETTINGS, **DIVERSITY)
     expected = evaluate_policies(
-        base, tuned, PROMPTS, {"gold": Brightness()}, "gold", 5, 0, **SETTINGS, **DIVERSITY
+        base, tuned, PROMPTS, {"gold": Brightness()}, "gold", 5, 0, options
     )
     cache = BaseCache()
     first, miss = _cached(base, tuned, cache)
@@ -135,4 +135,4 @@ def test_state_digest_sees_one_changed_weight(policies):
 def test_unknown_gold_scorer_is_a_config_error(policies):
     base, tuned = policies
     with pytest.raises(ConfigError, match="'pick' is not among the scorers"):
-        evaluate_policies_cached(base, tuned, PROMPTS, {"gold": Brightness()}, "pick", 1, 0, None)
+        evaluate_policies_cached(None, base, tuned, PROMPTS, {"gold": Brightness()}, "pick", 1, 0)

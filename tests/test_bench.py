@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from lightning_pref.bench import BenchArgs, _dpo_loss, resolve_fast, run_bench
-from lightning_pref.bench_models import (
+from lightning_pref.__main__ import main
+from lightning_pref.commands.bench.models import (
     BenchDiffusionPolicy,
     BrightnessScorer,
     build_arch_components,
     unet_forward_flops,
 )
-from lightning_pref.cli import main
+from lightning_pref.commands.bench.run import BenchArgs, _dpo_loss, resolve_fast, run_bench
 
 TINY = dict(sample_size=8, block_out_channels=(8, 16), cross_attention_dim=16, batch_size=2)
 

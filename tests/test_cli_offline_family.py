@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_pref.cli import main
+from lightning_pref.__main__ import main
 
 ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "tests" / "configs" / "tiny_dpo.yaml")

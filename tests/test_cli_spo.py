@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from lightning_pref.cli import main
+from lightning_pref.__main__ import main
 from lightning_pref.models import save_tiny_clip, save_tiny_pipeline
 
 ROOT = Path(__file__).parents[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from lightning_pref.minipick.assets import default_data_dir
+from lightning_pref.minipick.store import default_data_dir
 
 ROOT = Path(__file__).parents[1]
 DOCKERFILES = [ROOT / "docker" / "Dockerfile.cpu", ROOT / "docker" / "Dockerfile.cuda"]

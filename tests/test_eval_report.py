@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from lightning_pref.eval_args import default_num_steps
-from lightning_pref.eval_report import Z_95, score_stats
-from lightning_pref.evaluation import evaluate_policies
+from lightning_pref.evaluation.args import default_num_steps
+from lightning_pref.evaluation.compare import SamplingOptions, evaluate_policies
+from lightning_pref.evaluation.report import Z_95, score_stats
 from lightning_pref.minipick import MiniPickPolicy
 from lightning_pref.models import TinyDiffusionPolicy
 from lightning_pref.scoring import Scorer
@@ -44,7 +44,8 @@ def test_report_has_medians_per_scorer_win_rates_and_a_sampler_section():
     base.build(), tuned.build()
     report = evaluate_policies(
         base, tuned, ["a red circle"], {"gold": Brightness(), "dark": Darkness()}, "gold",
-        num_samples=4, seed=0, batch_size=4, samples_per_prompt_for_diversity=0, **SAMPLING,
+        num_samples=4, seed=0,
+        options=SamplingOptions(batch_size=4, samples_per_prompt_for_diversity=0, **SAMPLING),
     )  # fmt: skip
     gold, dark = report.scores["gold"], report.scores["dark"]
     assert report.ties == 0  # different models: the opposite scorer's win rate is exactly 1 - it

@@ -1,18 +1,17 @@
 """`evaluate` with negative-model guidance (Diffusion-NPO, METHODS §11.1) on tiny trained runs."""
 
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from torch.testing import assert_close
 
-from lightning_pref.cli import main
+from lightning_pref.commands.evaluate import main as evaluate_run
 from lightning_pref.errors import ConfigError
-from lightning_pref.eval_args import parse_evaluate_args
-from lightning_pref.eval_cli import evaluate_run, prepare_evaluation
-from lightning_pref.evaluation import sample_plan, sample_seeded
-from lightning_pref.negative import merged_unet
+from lightning_pref.evaluation.args import parse_evaluate_args
+from lightning_pref.evaluation.setup import prepare_evaluation
+from lightning_pref.models.negative import merged_unet
+from lightning_pref.models.sampling import sample_plan, sample_seeded
 from lightning_pref.runs import load_module
 
 ROOT = Path(__file__).parents[1]
@@ -22,7 +21,7 @@ FAST += [
     "--implicit_draws",
     "0",
     "--scorers",
-    '{"g": {"class_path": "lightning_pref.evaluation.GoldScorer"}}',
+    '{"g": {"class_path": "lightning_pref.evaluation.scorers.GoldScorer"}}',
 ]
 FAST += ["--gold", "g"]
 
@@ -35,27 +34,13 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _fit(config: str, save_dir: Path) -> Path:
-    """A 2-step run of ``config`` (lr 1e-3 so the weights visibly move)."""
-    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
-        mp.chdir(ROOT)  # the configs name their data relative to the repo root
-        main(
-            ["fit", "--config", str(ROOT / "tests" / "configs" / config)]
-            + ["--trainer.max_steps", "2", "--trainer.num_sanity_val_steps", "0"]
-            + ["--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0"]
-            + ["--trainer.logger.init_args.save_dir", str(save_dir)]
-            + ["--model.init_args.optimizer.init_args.lr", "1.0e-3"]
-        )
-    return next((save_dir / Path(config).stem).glob("version_*")) / "checkpoints" / "last.ckpt"
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, fit_tiny):
     """A trained NPO run (LoRA), the same run's checkpoint set back to the base, and a DPO run."""
     save_dir = tmp_path_factory.mktemp("runs")
-    npo = _fit("tiny_npo.yaml", save_dir)
-    dpo = _fit("tiny_dpo.yaml", save_dir)
+    lr = "--model.init_args.optimizer.init_args.lr=1.0e-3"  # the weights visibly move
+    npo = fit_tiny("tiny_npo.yaml", save_dir, lr) / "checkpoints" / "last.ckpt"
+    dpo = fit_tiny("tiny_dpo.yaml", save_dir, lr) / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(npo, weights_only=True)
     base = load_module(npo.parent.parent / "config.yaml").state_dict()
     moved = [
@@ -169,7 +154,7 @@ def test_dpo_plus_npo_against_the_same_dpo_has_no_implicit_accuracy(runs, tmp_pa
 def test_leaderboard_cache_evaluates_an_npo_run_as_evaluate_does(runs, tmp_path):
     """The leaderboard's cached path guides the tuned side of an NPO run (base + NPO) and gives
     evaluate's report exactly; a negative model on the baseline side is refused, not dropped."""
-    from lightning_pref.base_cache import BaseCache, evaluate_run_cached
+    from lightning_pref.evaluation.base_cache import BaseCache, evaluate_run_cached
 
     expected = _evaluate("--run", str(runs["npo"]), out=tmp_path / "plain")
     cache = BaseCache()

@@ -11,27 +11,25 @@ import torch
 import yaml
 from PIL import Image
 
-from lightning_pref.cli import main
+from lightning_pref.__main__ import main
 from lightning_pref.data import PickAPicDataModule
 from lightning_pref.errors import ConfigError
-from lightning_pref.evaluation import (
-    Z_95,
-    EvalReport,
-    GoldScorer,
-    _win_stats,
-    derive_seed,
+from lightning_pref.evaluation.compare import (
+    SamplingOptions,
     evaluate_policies,
     implicit_accuracy,
-    sample_plan,
-    sample_seeded,
     save_grid,
 )
+from lightning_pref.evaluation.prompt_sets import read_prompts
+from lightning_pref.evaluation.report import Z_95, EvalReport
+from lightning_pref.evaluation.report import win_stats as _win_stats
+from lightning_pref.evaluation.scorers import GoldScorer
 from lightning_pref.minipick import prompts as minipick_prompts
 from lightning_pref.models import TinyDiffusionPolicy
+from lightning_pref.models.sampling import derive_seed, sample_images, sample_plan, sample_seeded
 from lightning_pref.modules import OfflinePairModule
 from lightning_pref.objectives import DiffusionDPO
-from lightning_pref.runs import RunPaths, find_run, load_module, read_prompts
-from lightning_pref.sampling import sample_images
+from lightning_pref.runs import RunPaths, find_run, load_module
 from lightning_pref.scoring import Scorer
 
 ROOT = Path(__file__).parents[1]
@@ -208,9 +206,7 @@ def test_base_against_base_is_all_ties_and_deterministic(run_dir):
             "gold",
             num_samples=5,
             seed=3,
-            batch_size=2,
-            samples_per_prompt_for_diversity=3,
-            **SAMPLING,
+            options=SamplingOptions(batch_size=2, samples_per_prompt_for_diversity=3, **SAMPLING),
         )
 
     report = evaluate()
@@ -234,10 +230,9 @@ def test_tuned_against_base_report_matches_the_samples(modules):
         "gold",
         num_samples=6,
         seed=1,
-        batch_size=4,
-        samples_per_prompt_for_diversity=3,
-        num_diversity_prompts=1,
-        **SAMPLING,
+        options=SamplingOptions(
+            batch_size=4, samples_per_prompt_for_diversity=3, num_diversity_prompts=1, **SAMPLING
+        ),
     )
     captions, seeds = sample_plan(prompts, 6, seed=1)
     scores = {
@@ -361,7 +356,7 @@ def test_evaluate_cli_honours_prompts_scorers_baseline_and_config(run_dir, tmp_p
     prompts = minipick_prompts("test")[5:7]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    scorers = {"g": {"class_path": "lightning_pref.evaluation.GoldScorer"}}
+    scorers = {"g": {"class_path": "lightning_pref.evaluation.scorers.GoldScorer"}}
     config = {"prompts": str(tmp_path / "prompts.txt"), "scorers": scorers, "gold": "g"}
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
     args = ["--config", str(tmp_path / "eval.yaml"), "--baseline", str(ckpt)]
@@ -391,7 +386,7 @@ def test_evaluate_cli_missing_run_is_one_line(tmp_path, capsys):
 
 
 def test_gold_rater_names_a_caption_it_cannot_score():
-    from lightning_pref.evaluation import GoldScorer
+    from lightning_pref.evaluation.scorers import GoldScorer
 
     GoldScorer.check_captions(["a large red circle on the left", "a small blue square at the top"])
     with pytest.raises(ConfigError, match="'a small blue square'"):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_pref.cli import main
+from lightning_pref.__main__ import main
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted((ROOT / "experiments").glob("*.yaml")) + sorted(

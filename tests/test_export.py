@@ -3,7 +3,7 @@
 A tiny SD pipeline folder (real diffusers layout) is tuned for 2 steps of DPO, fully (with EMA) and
 through LoRA (rank 4, alpha 8: PEFT scale 2, so a file without the folded scale samples
 differently). Each export is loaded with diffusers and must give the images of
-:func:`lightning_pref.sampling.sample_images` for the same x_T: DDIM, 4 steps, CFG 5.
+:func:`lightning_pref.models.sampling.sample_images` for the same x_T: DDIM, 4 steps, CFG 5.
 """
 
 import json
@@ -15,12 +15,12 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline
 from safetensors.torch import load_file
 
+from lightning_pref.__main__ import main
 from lightning_pref.callbacks.ema import ema_state_from_checkpoint
-from lightning_pref.cli import main
-from lightning_pref.export import export_policy
+from lightning_pref.commands.export import export_policy
 from lightning_pref.models import DiffusionPolicy, TinyDiffusionPolicy, save_tiny_pipeline
+from lightning_pref.models.sampling import ddim_timesteps, sample_images
 from lightning_pref.runs import find_run, load_module
-from lightning_pref.sampling import ddim_timesteps, sample_images
 
 ROOT = Path(__file__).parents[1]
 CAPTIONS = ["a red circle", "two blue squares"]

@@ -3,8 +3,8 @@
 A tiny SDXL pipeline folder (real layout: two text encoders, Euler scheduler) is tuned for 2 steps
 of DPO, fully and through LoRA (rank 4, alpha 8: PEFT scale 2, so a file without the folded scale
 samples differently). Each export is loaded with diffusers and must give the images of
-:func:`lightning_pref.sampling.sample_images` for the same x_T: DDIM, 4 steps, CFG 5. The SDXL
-pipeline is called with the size conditioning spelled out, ``original_size = target_size =
+:func:`lightning_pref.models.sampling.sample_images` for the same x_T: DDIM, 4 steps, CFG 5. The
+SDXL pipeline is called with the size conditioning spelled out, ``original_size = target_size =
 (16, 16)`` and crop ``(0, 0)``: 8 latent px x VAE factor 2, the policy's ``(H, W, 0, 0, H, W)``.
 Its negative prompt is left at None: the empty prompt, zeroed by ``force_zeros_for_empty_prompt``.
 """
@@ -19,11 +19,11 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
-from lightning_pref.cli import main
-from lightning_pref.export import export_policy
+from lightning_pref.__main__ import main
+from lightning_pref.commands.export import export_policy
 from lightning_pref.models import DiffusionPolicy, TinyDiffusionPolicy, save_tiny_sdxl_pipeline
+from lightning_pref.models.sampling import ddim_timesteps, sample_images
 from lightning_pref.runs import find_run, load_module
-from lightning_pref.sampling import ddim_timesteps, sample_images
 
 ROOT = Path(__file__).parents[1]
 CAPTIONS = ["a red circle", "two blue squares"]

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import lightning_pref.leaderboard as leaderboard
-from lightning_pref.base_cache import BaseUse
-from lightning_pref.cli import main
-from lightning_pref.evaluation import EvalReport, ScoreStats
-from lightning_pref.leaderboard import FIT_MARKER, method_name
-from lightning_pref.leaderboard_table import format_table
+import lightning_pref.commands.leaderboard.run as leaderboard
+from lightning_pref.__main__ import main
+from lightning_pref.commands.leaderboard.run import FIT_MARKER, method_name
+from lightning_pref.commands.leaderboard.table import format_table
+from lightning_pref.evaluation.base_cache import BaseUse
+from lightning_pref.evaluation.report import EvalReport, ScoreStats
 
 ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "tests" / "configs" / "tiny_dpo.yaml")
@@ -416,7 +416,8 @@ def replace_paths(report):
 
 def test_default_is_every_minipick_method_with_seed_0():
     """No --configs: every method's shipped MiniPick config (all exist), training seed 0."""
-    from lightning_pref.leaderboard import MINIPICK_METHODS, method_name, parse_args
+    from lightning_pref.commands.leaderboard.args import MINIPICK_METHODS, parse_args
+    from lightning_pref.commands.leaderboard.run import method_name
 
     args = parse_args([])
     assert args.seeds == [0]
@@ -430,7 +431,8 @@ def test_default_is_every_minipick_method_with_seed_0():
 def test_every_method_with_one_seed_into_its_own_folder():
     """The README's v2 leaderboard command (one seed per folder, run side by side): every
     method, that seed only, results under that folder."""
-    from lightning_pref.leaderboard import MINIPICK_METHODS, method_name, parse_args
+    from lightning_pref.commands.leaderboard.args import MINIPICK_METHODS, parse_args
+    from lightning_pref.commands.leaderboard.run import method_name
 
     args = parse_args(["--seeds", "1", "--out", "lb/s1"])
     assert args.seeds == [1]

@@ -9,13 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from lightning_pref.cli import main
+from lightning_pref.__main__ import main
+from lightning_pref.cli import dataclass_parser
 from lightning_pref.errors import DataError
-from lightning_pref.eval_args import evaluate_parser, parse_evaluate_args
+from lightning_pref.evaluation.args import EvaluateArgs, parse_evaluate_args
+from lightning_pref.evaluation.prompt_sets import read_prompts
+from lightning_pref.evaluation.prompt_sets import read_prompts as runs_read_prompts
+from lightning_pref.evaluation.setup import prepare_evaluation
 from lightning_pref.minipick import prompts as minipick_prompts
-from lightning_pref.prompt_sets import read_prompts
-from lightning_pref.runs import prepare_evaluation
-from lightning_pref.runs import read_prompts as runs_read_prompts
 from lightning_pref.scoring import Scorer
 
 ROOT = Path(__file__).parents[1]
@@ -150,7 +151,8 @@ def test_example_eval_configs_parse_with_every_reward_scorer():
     assert ROOT / "experiments" / "eval" / "sd15_partiprompts.yaml" in configs
     for config in configs:
         assert config.read_text().startswith("# ") and "Run:" in config.read_text()
-        parsed = evaluate_parser().parse_args(["--config", str(config), "--run", "runs/x"])
+        parser = dataclass_parser(EvaluateArgs, "evaluate", config_file=True)
+        parsed = parser.parse_args(["--config", str(config), "--run", "runs/x"])
         scorers = {name: s["class_path"] for name, s in parsed.scorers.items()}
         assert parsed.gold in scorers
         if config.name == "sd15_partiprompts.yaml":

@@ -40,5 +40,26 @@ def test_ci_fails_when_any_step_of_the_test_command_fails(tmp_path):
 
 
 def test_readme_configs_exist():
-    for path in re.findall(r"--config (\S+\.yaml)", README):
-        assert (ROOT / path).exists(), path
+    """Every config a command of the README or of docs/ names exists."""
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for path in re.findall(r"--config (\S+\.yaml)", page.read_text()):
+            assert (ROOT / path).exists(), f"{page.name}: {path}"
+
+
+def test_readme_is_short_and_lists_every_objective():
+    """Under 300 lines, with every objective class of ``lightning_pref.objectives`` in its table."""
+    import lightning_pref.objectives as objectives
+    from lightning_pref.objectives.base import PreferenceObjective
+
+    assert len(README.splitlines()) < 300
+    classes = [
+        name
+        for name in objectives.__all__
+        if isinstance(getattr(objectives, name), type)
+        and getattr(objectives, name).__module__ != "lightning_pref.objectives.base"
+    ]
+    assert len(classes) >= 13  # TailorPO-G is TailorPO with a guided sampler
+    table = README[README.index("## Objectives") :]
+    missing = [name for name in classes if f"| `{name}`" not in table]
+    assert not missing, missing
+    assert PreferenceObjective  # the base classes are not methods

@@ -1,7 +1,8 @@
-"""Every command in the README's bash blocks is executed here, or by .ci/run, or by a named test.
+"""Every command in the bash blocks of the README and of ``docs/*.md`` is executed here, or by
+.ci/run, or by a named test.
 
 ``PLAN`` says how each one is checked, and ``test_every_readme_command_has_a_plan`` fails when the
-README gains a command without one. Modes:
+README or a docs page gains a command without one. Modes:
 
 - ``ci``: ``.ci/run`` runs it (the install and test commands);
 - ``run``: run as written in a sandbox folder (links to ``experiments/`` and ``tests/``, its own
@@ -31,10 +32,13 @@ SHORT_FIT = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2"]
 SHORT_EVAL = ["--num_samples", "8", "--implicit_draws", "1", "--diversity_samples", "0"]
 
 
-def readme_commands() -> list[str]:
-    """Each command of the README's ```bash blocks: continuations joined, ``&&`` split,
-    comments dropped, whitespace normalised."""
-    text = (ROOT / "README.md").read_text()
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def readme_commands(files: list[Path] = DOCS) -> list[str]:
+    """Each command of the ```bash blocks of ``files`` (the README and docs/): continuations
+    joined, ``&&`` split, comments dropped, whitespace normalised."""
+    text = "\n".join(path.read_text() for path in files)
     commands: list[str] = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -229,6 +233,15 @@ def test_every_readme_command_has_a_plan():
     assert commands == set(PLAN), commands ^ set(PLAN)
 
 
+def test_docs_commands_are_collected(tmp_path):
+    """A command that lives only in a docs page is found (and then needs a plan)."""
+    assert len(DOCS) > 1 and all(p.parent.name == "docs" for p in DOCS[1:])
+    page = tmp_path / "page.md"
+    page.write_text("text\n```bash\npython -m lightning_pref new-command --x 1  # why\n```\n")
+    assert readme_commands([page]) == ["python -m lightning_pref new-command --x 1"]
+    assert "python -m lightning_pref new-command --x 1" not in PLAN
+
+
 def test_ci_runs_the_ci_commands():
     ci = (ROOT / ".ci" / "run").read_text()
     for command, plan in PLAN.items():
@@ -285,7 +298,7 @@ def test_readme_command(command, sandbox, monkeypatch, capsys, request):
     if needs and subprocess.run(["which", needs], capture_output=True).returncode != 0:
         pytest.skip(f"{needs} is not installed (the SLURM tests install it as root)")
     if plan["mode"] == "parse":  # in-process: resolving a config takes a fraction of a second
-        from lightning_pref.cli import main
+        from lightning_pref.__main__ import main
 
         monkeypatch.chdir(sandbox)
         dry = ["--dry_run"] if " sweep " in f" {command} " else ["--print_config"]

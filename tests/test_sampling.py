@@ -4,7 +4,7 @@ import torch
 from diffusers import DDIMScheduler
 from torch.testing import assert_close
 
-from lightning_pref.sampling import (
+from lightning_pref.models.sampling import (
     ddim_step,
     ddim_timesteps,
     gaussian_logprob,

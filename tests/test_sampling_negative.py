@@ -8,8 +8,8 @@ from torch.testing import assert_close
 
 from lightning_pref.errors import ConfigError
 from lightning_pref.models import TinyDiffusionPolicy
-from lightning_pref.negative import NegativeGuidance, merged_unet, negative_state_dict
-from lightning_pref.sampling import cfg_predict, sample_images
+from lightning_pref.models.negative import NegativeGuidance, merged_unet, negative_state_dict
+from lightning_pref.models.sampling import cfg_predict, sample_images
 
 
 def _const(value: float, calls: list | None = None):

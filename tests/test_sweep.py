@@ -11,18 +11,14 @@ from pathlib import Path
 
 import pytest
 
-import lightning_pref.sweep as sweep_module
-from lightning_pref.cli import main
+import lightning_pref.commands.sweep.plan as sweep_plan
+import lightning_pref.commands.sweep.run as sweep_module
+from lightning_pref.__main__ import main
+from lightning_pref.commands.sweep.args import parse_args
+from lightning_pref.commands.sweep.plan import make_sweep, short_names, value_label
+from lightning_pref.commands.sweep.run import launch_local, runs_to_launch
+from lightning_pref.commands.sweep.summary import is_finished
 from lightning_pref.errors import ConfigError
-from lightning_pref.sweep import (
-    launch_local,
-    make_sweep,
-    parse_args,
-    runs_to_launch,
-    short_names,
-    value_label,
-)
-from lightning_pref.sweep_summary import is_finished
 
 ROOT = Path(__file__).parents[1]
 TINY = "tests/configs/tiny_dpo.yaml"  # relative, as a user types it: runs start in ROOT
@@ -324,7 +320,7 @@ def fake_fit(tmp_path):
 
 
 def test_local_launcher_goes_on_after_a_failure_and_exits_1(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(sweep_module, "fit_command", fake_fit(tmp_path))
+    monkeypatch.setattr(sweep_plan, "fit_command", fake_fit(tmp_path))
     monkeypatch.setattr(sweep_module, "validate", lambda sweep: None)
     argv = sweep_args(tmp_path, "--grid", f"{BETA}=2000,5000", "--seeds", "0,1")
     code, out, _ = run_main(argv, capsys)
@@ -347,7 +343,7 @@ def test_local_launcher_goes_on_after_a_failure_and_exits_1(tmp_path, capsys, mo
 
 
 def test_force_deletes_and_reruns_finished_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep_module, "fit_command", fake_fit(tmp_path))
+    monkeypatch.setattr(sweep_plan, "fit_command", fake_fit(tmp_path))
     sweep = make_sweep(parse_args(sweep_args(tmp_path, "--seeds", "0")))
     assert launch_local(sweep, sweep.runs) == {"seed=0": 0}
     stale = sweep.dir / "seed=0" / "version_0" / "stale.txt"

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-import lightning_pref.sweep as sweep_module
-from lightning_pref.cli import main
-from lightning_pref.sweep import make_sweep, parse_args
-from lightning_pref.sweep_summary import event_scalars, read_run, write_summary
+import lightning_pref.commands.sweep.run as sweep_module
+from lightning_pref.__main__ import main
+from lightning_pref.commands.sweep.args import parse_args
+from lightning_pref.commands.sweep.plan import make_sweep
+from lightning_pref.commands.sweep.summary import event_scalars, read_run, write_summary
 
 ROOT = Path(__file__).parents[1]
 TINY = "tests/configs/tiny_dpo.yaml"

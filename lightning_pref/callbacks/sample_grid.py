@@ -15,7 +15,7 @@ from PIL import Image
 from torch import Tensor
 
 from lightning_pref.errors import ConfigError
-from lightning_pref.evaluation import derive_seed, sample_seeded
+from lightning_pref.models.sampling import derive_seed, sample_seeded
 
 __all__ = ["SampleGrid", "tile_images"]
 

@@ -1,5 +1,6 @@
 """Data: preference pairs (Pick-a-Pic parquet, image folder + CSV), exact resume, transforms."""
 
+from lightning_pref.data.base import PairDataModule
 from lightning_pref.data.fake import PICKAPIC_SCHEMA, write_fake_pickapic
 from lightning_pref.data.folder import PairFolderDataModule, read_pair_csv
 from lightning_pref.data.latent_cache import CachedPairDataModule, CachedPairs, build_latent_cache
@@ -9,12 +10,21 @@ from lightning_pref.data.pairs import (
     PairSample,
     PickAPicPairs,
     PickAPicStream,
+    SkipLogger,
 )
-from lightning_pref.data.pickapic import REQUIRED_COLUMNS, PickAPicDataModule, resolve_data_files
+from lightning_pref.data.parquet import (
+    REQUIRED_COLUMNS,
+    SCORE_COLUMNS,
+    check_parquet_columns,
+    check_score_columns,
+    load_hub,
+    local_split_files,
+    resolve_data_files,
+)
+from lightning_pref.data.pickapic import PickAPicDataModule
 from lightning_pref.data.prompts import PromptDataModule, PromptList, load_prompts
 from lightning_pref.data.sampler import ResumableDataLoader, ResumableSampler, ResumableStream
 from lightning_pref.data.scored import (
-    SCORE_COLUMNS,
     SCORES_FILE,
     SMPO_SCORE_MAX,
     SMPO_SCORE_MIN,
@@ -36,6 +46,7 @@ __all__ = [
     "ImageTransform",
     "PairBuilder",
     "PairCollate",
+    "PairDataModule",
     "PairFolderDataModule",
     "PairSample",
     "PickAPicDataModule",
@@ -47,11 +58,16 @@ __all__ = [
     "ResumableSampler",
     "ResumableStream",
     "ScoreLabels",
+    "SkipLogger",
     "StepPool",
     "StepPoolSampler",
     "build_latent_cache",
+    "check_parquet_columns",
+    "check_score_columns",
     "decode_image",
+    "load_hub",
     "load_prompts",
+    "local_split_files",
     "read_pair_csv",
     "resolve_data_files",
     "score_pairs",

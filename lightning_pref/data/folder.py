@@ -26,16 +26,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from lightning_pref.data.pairs import PairBuilder, PairCollate, PairSample, _SkipLogger, sample_rng
-from lightning_pref.data.sampler import ResumableDataLoader, ResumableSampler
+from lightning_pref.data.base import PairDataModule
+from lightning_pref.data.pairs import PairBuilder, PairCollate, PairSample, SkipLogger, sample_rng
+from lightning_pref.data.sampler import ResumableSampler
 from lightning_pref.data.transforms import ImageTransform
 from lightning_pref.errors import DataError
-from lightning_pref.seeding import resolve_seed
 
 __all__ = [
     "CSV_COLUMNS",
@@ -162,7 +160,7 @@ class FolderPairs(Dataset):
             max_pairs: Keep only the first this many pairs (after dropping ties).
         """
         self.seed = seed
-        self._make = _SkipLogger(build)
+        self._make = SkipLogger(build)
         keep = [r for r in records if not (drop_ties and r.label == 0.5)]
         self.records = keep[:max_pairs] if max_pairs is not None else keep
 
@@ -222,7 +220,7 @@ def check_image_files(records: dict[str, list[PairRecord]], csv_path: Path) -> d
     return counts
 
 
-class PairFolderDataModule(L.LightningDataModule):
+class PairFolderDataModule(PairDataModule):
     """Preference pairs from a folder of images and a CSV: ``ImagePairBatch``, winner first.
 
     See the module docstring for the CSV format. Training and validation rows share one CSV and
@@ -238,11 +236,11 @@ class PairFolderDataModule(L.LightningDataModule):
         self,
         root: str,
         csv_file: str = "pairs.csv",
+        drop_ties: bool = True,
         resolution: int = 512,
         random_crop: bool = False,
         hflip: bool = True,
         proportion_empty_prompts: float = 0.2,
-        drop_ties: bool = True,
         batch_size: int = 1,
         val_batch_size: int | None = None,
         num_workers: int = 0,
@@ -254,12 +252,12 @@ class PairFolderDataModule(L.LightningDataModule):
         Args:
             root: The folder that holds the CSV.
             csv_file: The CSV's path relative to ``root`` (or absolute).
+            drop_ties: Drop pairs labelled 0.5; otherwise they get ``pref_prob`` 0.5.
             resolution: Side of the square training images (512 for SD1.5, 16 for MiniPick).
             random_crop: Random instead of centre crop for training images.
             hflip: Random horizontal flip of each training image (p=0.5, drawn per image); turn
                 it off when captions name left and right.
             proportion_empty_prompts: Fraction of training captions set to "" (one draw a pair).
-            drop_ties: Drop pairs labelled 0.5; otherwise they get ``pref_prob`` 0.5.
             batch_size: Training pairs per batch and per device.
             val_batch_size: Validation pairs per batch; defaults to ``batch_size``.
             num_workers: DataLoader worker processes.
@@ -267,14 +265,11 @@ class PairFolderDataModule(L.LightningDataModule):
                 ``--seed_everything``.
             max_val_pairs: Use only the first this many validation pairs.
         """
-        super().__init__()
+        super().__init__(batch_size, val_batch_size, num_workers, seed, max_val_pairs)
         self.save_hyperparameters()
         self.csv_path = Path(root).expanduser() / Path(csv_file).expanduser()
         self.resolution, self.random_crop, self.hflip = resolution, random_crop, hflip
         self.proportion_empty_prompts, self.drop_ties = proportion_empty_prompts, drop_ties
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
-        self.num_workers, self.max_val_pairs = num_workers, max_val_pairs
-        self.seed = resolve_seed(seed)
         self.rows_missing_files: dict[str, int] = {}  # per split, counted at setup
 
     def _records(self) -> dict[str, list[PairRecord]]:
@@ -307,38 +302,24 @@ class PairFolderDataModule(L.LightningDataModule):
         max_pairs = None if train else self.max_val_pairs
         return FolderPairs(records, build, self.seed, self.drop_ties, max_pairs)
 
-    def train_dataloader(self) -> ResumableDataLoader:
-        """Returns the resumable training loader (``drop_last=True``)."""
-        if self.train_set is None:
-            self.setup("fit")
-        assert self.train_set is not None
-        if len(self.train_set) == 0:
-            raise DataError(f"'{self.csv_path}' has no training pairs left after dropping ties")
-        sampler = ResumableSampler(len(self.train_set), seed=self.seed, shuffle=True)
+    def collate_fn(self) -> PairCollate:
+        """Stacks decoded pairs into an ``ImagePairBatch``, dropping and counting bad rows."""
+        return PairCollate(self.resolution)
+
+    def empty_train_message(self) -> str:
+        """The error for a CSV whose training rows are all ties."""
+        return f"'{self.csv_path}' has no training pairs left after dropping ties"
+
+    def train_sampler(self, num_samples: int) -> ResumableSampler:
+        """The base class's shuffle, refused when it leaves a device no full batch.
+
+        Raises:
+            DataError: If there are fewer training pairs per device than ``batch_size``.
+        """
+        sampler = super().train_sampler(num_samples)
         if len(sampler) < self.batch_size:  # drop_last would leave no batch at all
             raise DataError(
                 f"'{self.csv_path}' has {len(sampler)} training pairs per device, fewer than "
                 f"batch_size {self.batch_size}; lower --data.init_args.batch_size"
             )
-        return ResumableDataLoader(
-            self.train_set,
-            sampler=sampler,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=PairCollate(self.resolution),
-            drop_last=True,
-        )
-
-    def val_dataloader(self) -> DataLoader | list[Any]:
-        """Returns the validation loader in file order, or ``[]`` without validation rows."""
-        if self.val_set is None:
-            self.setup("validate")
-        if self.val_set is None:
-            return []
-        return DataLoader(
-            self.val_set,
-            batch_size=self.val_batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            collate_fn=PairCollate(self.resolution),
-        )
+        return sampler

@@ -24,22 +24,21 @@ encoding per image; the official code flips per step). Build it with
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning import LightningDataModule
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_pref.data.base import PairDataModule
 from lightning_pref.data.pairs import PairCollate, sample_rng
-from lightning_pref.data.sampler import ResumableDataLoader, ResumableSampler
 from lightning_pref.errors import DataError
 from lightning_pref.models.policy import DiffusionPolicy
-from lightning_pref.seeding import resolve_seed
-from lightning_pref.types import LatentPairBatch
+from lightning_pref.types import ImagePairBatch, LatentPairBatch
 
 __all__ = [
     "CACHE_FORMAT",
@@ -110,8 +109,6 @@ def build_latent_cache(
     Returns:
         The manifest that was written.
     """
-    from tqdm.auto import tqdm
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("pairs-*.safetensors"):
@@ -123,27 +120,9 @@ def build_latent_cache(
         num_workers=num_workers,
         collate_fn=PairCollate(resolution),
     )
-    captions: dict[str, int] = {"": 0}
-    embeds = [policy.encode_prompt([""]).to(dtype).cpu()]  # [1, L, D]
-    writer, skipped = _Writer(out, shard_size), 0
-    device = policy.alphas_cumprod.device
-    for batch in tqdm(loader, desc="cache-latents", unit="batch", disable=not progress):
-        skipped += batch.num_skipped
-        if not batch.captions:
-            continue
-        new = [c for c in dict.fromkeys(batch.captions) if c not in captions]
-        if new:
-            embeds.append(policy.encode_prompt(new).to(dtype).cpu())
-            captions.update({c: len(captions) + i for i, c in enumerate(new)})
-        pixels = torch.cat([batch.pixels_w, batch.pixels_l]).to(device)  # [2B, 3, H, W]
-        mean, std = _posterior(policy, pixels)  # [2B, C, h, w] each; std None for pixels
-        rows = {"mean": torch.stack(mean.chunk(2), 1).to(dtype)}  # [B, 2, C, h, w]
-        if std is not None:
-            rows["std"] = torch.stack(std.chunk(2), 1).to(dtype)
-        index = torch.tensor([captions[c] for c in batch.captions], dtype=torch.long)
-        writer.add(**rows, pref_prob=batch.pref_prob.float(), caption=index)
-    writer.flush()
-    save_file({"embeds": torch.cat(embeds).contiguous()}, out / "embeds.safetensors")
+    writer = _Writer(out, shard_size)
+    captions, embeds, skipped = _encode_pairs(policy, loader, writer, dtype, progress)
+    save_file({"embeds": embeds}, out / "embeds.safetensors")
     (out / "captions.json").write_text(json.dumps(list(captions), ensure_ascii=False))
     manifest = {
         "format": CACHE_FORMAT,
@@ -160,6 +139,52 @@ def build_latent_cache(
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _encode_pairs(
+    policy: DiffusionPolicy,
+    loader: DataLoader,
+    writer: _Writer,
+    dtype: torch.dtype,
+    progress: bool,
+) -> tuple[dict[str, int], Tensor, int]:
+    """Encodes every batch of ``loader`` into ``writer`` (flushed at the end).
+
+    Returns:
+        Each distinct caption's index (``""`` first), their embeddings ``[U, L, D]`` and the
+        number of rows the collate skipped.
+    """
+    from tqdm.auto import tqdm
+
+    captions: dict[str, int] = {"": 0}
+    embeds = [policy.encode_prompt([""]).to(dtype).cpu()]  # [1, L, D]
+    skipped = 0
+    for batch in tqdm(loader, desc="cache-latents", unit="batch", disable=not progress):
+        skipped += batch.num_skipped
+        if not batch.captions:
+            continue
+        new = [c for c in dict.fromkeys(batch.captions) if c not in captions]
+        if new:
+            embeds.append(policy.encode_prompt(new).to(dtype).cpu())
+            captions.update({c: len(captions) + i for i, c in enumerate(new)})
+        index = torch.tensor([captions[c] for c in batch.captions], dtype=torch.long)  # [B]
+        writer.add(**_encode_batch(policy, batch, dtype), caption=index)
+    writer.flush()
+    return captions, torch.cat(embeds).contiguous(), skipped
+
+
+def _encode_batch(
+    policy: DiffusionPolicy, batch: ImagePairBatch, dtype: torch.dtype
+) -> dict[str, Tensor]:
+    """The cache rows of one batch: posterior ``mean`` (and ``std``) and ``pref_prob``."""
+    device = policy.alphas_cumprod.device
+    pixels = torch.cat([batch.pixels_w, batch.pixels_l]).to(device)  # [2B, 3, H, W]
+    mean, std = _posterior(policy, pixels)  # [2B, C, h, w] each; std None for pixels
+    rows = {"mean": torch.stack(mean.chunk(2), 1).to(dtype)}  # [B, 2, C, h, w]
+    if std is not None:
+        rows["std"] = torch.stack(std.chunk(2), 1).to(dtype)
+    rows["pref_prob"] = batch.pref_prob.float()
+    return rows
 
 
 def _posterior(policy: DiffusionPolicy, pixels: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -273,7 +298,7 @@ def collate_cached(items: list[dict[str, Any]]) -> LatentPairBatch:
     )
 
 
-class CachedPairDataModule(LightningDataModule):
+class CachedPairDataModule(PairDataModule):
     """Training (and validation) pairs from latent caches built by ``cache-latents``.
 
     The training loader shuffles with the same resumable, rank-sharding sampler as the parquet
@@ -292,6 +317,9 @@ class CachedPairDataModule(LightningDataModule):
         max_val_pairs: use only the first this many validation pairs.
     """
 
+    train_set: CachedPairs | None = None  # opened by setup("fit")
+    val_set: CachedPairs | None = None  # opened by setup("fit"/"validate"); None: no validation
+
     def __init__(
         self,
         train_cache: str,
@@ -303,14 +331,10 @@ class CachedPairDataModule(LightningDataModule):
         seed: int | None = None,
         max_val_pairs: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, val_batch_size, num_workers, seed, max_val_pairs)
         self.save_hyperparameters()
         self.train_cache, self.val_cache = train_cache, val_cache
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
-        self.proportion_empty_prompts, self.num_workers = proportion_empty_prompts, num_workers
-        self.seed, self.max_val_pairs = resolve_seed(seed), max_val_pairs
-        self.train_set: CachedPairs | None = None
-        self.val_set: CachedPairs | None = None
+        self.proportion_empty_prompts = proportion_empty_prompts
 
     def setup(self, stage: str | None = None) -> None:
         """Open the caches (reads only their manifests)."""
@@ -323,33 +347,10 @@ class CachedPairDataModule(LightningDataModule):
         if stage in (None, "fit", "validate") and self.val_set is None and self.val_cache:
             self.val_set = CachedPairs(self.val_cache, 0.0, self.seed, self.max_val_pairs)
 
-    def train_dataloader(self) -> ResumableDataLoader:
-        """The resumable training loader (``drop_last=True``)."""
-        if self.train_set is None:
-            self.setup("fit")
-        assert self.train_set is not None
-        if len(self.train_set) == 0:
-            raise DataError(f"the latent cache '{self.train_cache}' holds no pairs")
-        sampler = ResumableSampler(len(self.train_set), seed=self.seed, shuffle=True)
-        return ResumableDataLoader(
-            self.train_set,
-            sampler=sampler,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=collate_cached,
-            drop_last=True,
-        )
+    def collate_fn(self) -> Callable[[list[dict[str, Any]]], LatentPairBatch]:
+        """Stacks cache rows into a :class:`LatentPairBatch`."""
+        return collate_cached
 
-    def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """The validation loader in file order, or ``[]`` without a validation cache."""
-        if self.val_set is None:
-            self.setup("validate")
-        if self.val_set is None:
-            return []
-        return DataLoader(
-            self.val_set,
-            batch_size=self.val_batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            collate_fn=collate_cached,
-        )
+    def empty_train_message(self) -> str:
+        """The error for a training cache without pairs."""
+        return f"the latent cache '{self.train_cache}' holds no pairs"

@@ -32,7 +32,9 @@ __all__ = [
     "PairSample",
     "PickAPicPairs",
     "PickAPicStream",
+    "SkipLogger",
     "label_status",
+    "sample_rng",
 ]
 
 logger = logging.getLogger("lightning_pref.data")
@@ -152,14 +154,25 @@ class PairCollate:
         )
 
 
-class _SkipLogger:
-    """Builds pairs and turns a bad row into ``None`` with a (rate-limited) warning."""
+class SkipLogger:
+    """Builds pairs and turns a bad row into ``None`` with a (rate-limited) warning.
+
+    The first ``MAX_SKIP_WARNINGS`` skips of each instance (and process) are logged; all are
+    counted in ``num_skipped``.
+    """
 
     def __init__(self, build: PairBuilder) -> None:
         self.build = build
         self.num_skipped = 0
 
     def __call__(self, row: Mapping[str, Any], rng: np.random.Generator, where: str) -> Any:
+        """Builds the pair of ``row``, or returns None when it is unusable.
+
+        Args:
+            row: A Pick-a-Pic row (see :meth:`PairBuilder.__call__`).
+            rng: The row's generator.
+            where: The row's position, for the warning.
+        """
         try:
             return self.build(row, rng)
         except ValueError as err:  # decode_image and the label check raise only this
@@ -197,7 +210,7 @@ class PickAPicPairs(Dataset):
         """
         self.table = table
         self.seed = seed
-        self._make = _SkipLogger(build)
+        self._make = SkipLogger(build)
         labels = table.data.column("label_0").to_pylist()
         keep = [i for i, v in enumerate(labels) if not drop_ties or label_status(v) != "soft"]
         self.rows = keep[:max_pairs] if max_pairs is not None else keep
@@ -262,7 +275,7 @@ class PickAPicStream(IterableDataset):
         self.drop_ties = drop_ties
         self.max_pairs = max_pairs
         self.rank, self.world_size = rank, world_size
-        self._make = _SkipLogger(build)
+        self._make = SkipLogger(build)
         self.epoch, self.skip_batches, self.batch_size = 0, 0, 1
 
     def start_pass(self, epoch: int, skip_batches: int, batch_size: int, num_workers: int) -> None:

@@ -8,120 +8,29 @@ of ``yuvalkirstain/pickapic_v2``), a local dataset folder, or a ``datasets`` hub
 
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import asdict
 from typing import Any
 
-import lightning as L
-from torch.utils.data import DataLoader
-
+from lightning_pref.data.base import PairDataModule
 from lightning_pref.data.pairs import PairBuilder, PairCollate, PickAPicPairs, PickAPicStream
-from lightning_pref.data.sampler import ResumableDataLoader, ResumableSampler
-from lightning_pref.data.scored import ScoreLabels, check_score_columns
+from lightning_pref.data.parquet import (
+    check_parquet_columns,
+    check_score_columns,
+    load_hub,
+    local_split_files,
+    resolve_data_files,
+)
+from lightning_pref.data.scored import ScoreLabels
 from lightning_pref.data.transforms import ImageTransform
 from lightning_pref.errors import DataError
-from lightning_pref.seeding import resolve_seed
 
-__all__ = ["REQUIRED_COLUMNS", "PickAPicDataModule", "resolve_data_files"]
+__all__ = ["PickAPicDataModule"]
 
-REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
-_GLOB_CHARS = ("*", "?", "[")
 PairData = PickAPicPairs | PickAPicStream
-_FILES_HINT = "pass parquet files, globs or folders with --data.init_args.{arg}"
 
 
-def resolve_data_files(spec: str | list[str], arg: str = "train_files") -> list[str]:
-    """Expands parquet paths, globs and folders (``folder/**/*.parquet``) into a file list.
-
-    Args:
-        spec: One path/glob/folder or a list of them.
-        arg: The argument name, used in error messages.
-
-    Returns:
-        The matched files, sorted within each entry, in the order the entries were given.
-
-    Raises:
-        DataError: If a path does not exist or a glob or folder matches no parquet file.
-    """
-    entries = [spec] if isinstance(spec, str) else list(spec)
-    files: list[str] = []
-    hint = _FILES_HINT.format(arg=arg)
-    for entry in entries:
-        path = os.path.expanduser(str(entry))
-        if any(c in path for c in _GLOB_CHARS):
-            matched = sorted(glob.glob(path, recursive=True))
-            if not matched:
-                raise DataError(f"{arg}: the glob '{path}' matches no file; {hint}")
-        elif os.path.isdir(path):
-            matched = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
-            if not matched:
-                raise DataError(f"{arg}: the folder '{path}' holds no .parquet file; {hint}")
-        elif os.path.isfile(path):
-            matched = [path]
-        else:
-            raise DataError(f"{arg}: the data path '{path}' does not exist; {hint}")
-        files.extend(matched)
-    return files
-
-
-def _check_parquet_columns(files: list[str], scored: bool = False) -> None:
-    """Raises ``DataError`` naming the first file that lacks a required (or score) column."""
-    import pyarrow.parquet as pq
-
-    for file in files:
-        try:
-            names = set(pq.read_schema(file).names)
-        except Exception as err:  # pyarrow raises several types for a non-parquet file
-            raise DataError(f"'{file}' is not a readable parquet file ({err})") from err
-        missing = [c for c in REQUIRED_COLUMNS if c not in names]
-        if missing:
-            raise DataError(
-                f"'{file}' is missing the column(s) {', '.join(missing)} "
-                f"(Pick-a-Pic v2 needs {', '.join(REQUIRED_COLUMNS)})"
-            )
-        if scored:
-            check_score_columns(sorted(names), f"'{file}'")
-
-
-def _local_split_files(folder: str, split: str) -> list[str]:
-    """Finds a split's shards in a local folder (``split/*.parquet`` or ``**/split-NNNNN-*``)."""
-    patterns = [
-        os.path.join(folder, split, "**", "*.parquet"),
-        os.path.join(folder, "**", f"{split}-[0-9][0-9][0-9][0-9][0-9]-*.parquet"),
-    ]
-    for pattern in patterns:
-        if matched := sorted(glob.glob(pattern, recursive=True)):
-            return matched
-    raise DataError(
-        f"no parquet shards for split '{split}' in '{folder}' (looked for {split}/*.parquet "
-        f"and {split}-NNNNN-of-NNNNN.parquet); check the split name"
-    )
-
-
-def _load_hub(name: str, split: str, streaming: bool) -> Any:
-    """Loads a ``datasets`` hub dataset, turning network and split errors into ``DataError``."""
-    import datasets
-
-    try:
-        source = datasets.load_dataset(name, split=split, streaming=streaming)
-    except ValueError as err:
-        raise DataError(
-            f"cannot load split '{split}' of dataset '{name}': {str(err).splitlines()[0]}"
-        ) from err
-    except Exception as err:  # offline: ConnectionError, DatasetNotFoundError, OSError, ...
-        raise DataError(
-            f"cannot load dataset '{name}' ({type(err).__name__}); if you are offline, download "
-            f"its parquet shards (hf download {name} --repo-type dataset) and pass "
-            "--data.init_args.train_files=<folder or glob> (and val_files)"
-        ) from err
-    missing = [c for c in REQUIRED_COLUMNS if c not in (source.column_names or [])]
-    if missing:
-        raise DataError(f"dataset '{name}' is missing the column(s) {', '.join(missing)}")
-    return source
-
-
-class PickAPicDataModule(L.LightningDataModule):
+class PickAPicDataModule(PairDataModule):
     """Pick-a-Pic v2 pairs: ``ImagePairBatch`` with the preferred image first.
 
     The training loader is resumable mid-epoch: Lightning saves its ``state_dict`` in checkpoints
@@ -182,21 +91,22 @@ class PickAPicDataModule(L.LightningDataModule):
                 columns (``python -m lightning_pref score-pairs``); None constants are read from
                 their ``scores.json`` at setup.
         """
-        super().__init__()
-        if isinstance(score_labels, dict):  # hparams of a checkpoint hold it as a plain dict
-            score_labels = ScoreLabels(**score_labels)
-        # A plain dict in hparams, so checkpoints stay loadable with weights_only=True.
+        super().__init__(batch_size, val_batch_size, num_workers, seed, max_val_pairs)
         self.save_hyperparameters(ignore=["score_labels"])
-        self.hparams["score_labels"] = None if score_labels is None else asdict(score_labels)
-        self.score_labels = score_labels
-        self._labels: ScoreLabels | None = None  # score_labels with resolved constants
+        self._set_score_labels(score_labels)
         self.train_files, self.val_files, self.dataset_name = train_files, val_files, dataset_name
         self.train_split, self.val_split, self.streaming = train_split, val_split, streaming
         self.resolution, self.random_crop, self.hflip = resolution, random_crop, hflip
         self.proportion_empty_prompts, self.drop_ties = proportion_empty_prompts, drop_ties
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
-        self.num_workers, self.max_val_pairs = num_workers, max_val_pairs
-        self.seed = resolve_seed(seed)
+
+    def _set_score_labels(self, score_labels: ScoreLabels | dict[str, Any] | None) -> None:
+        """Keeps ``score_labels``, recorded in ``hparams`` as a plain dict."""
+        if isinstance(score_labels, dict):  # hparams of a checkpoint hold it as a plain dict
+            score_labels = ScoreLabels(**score_labels)
+        # A plain dict in hparams, so checkpoints stay loadable with weights_only=True.
+        self.hparams["score_labels"] = None if score_labels is None else asdict(score_labels)
+        self.score_labels = score_labels
+        self._labels: ScoreLabels | None = None  # score_labels with resolved constants
 
     def _paths(self, files: str | list[str] | None, split: str, arg: str) -> list[str] | None:
         """The parquet files of one split; None for a hub dataset (or no source at all)."""
@@ -205,7 +115,7 @@ class PickAPicDataModule(L.LightningDataModule):
         if self.dataset_name is None:
             return None
         if os.path.isdir(os.path.expanduser(self.dataset_name)):
-            return _local_split_files(os.path.expanduser(str(self.dataset_name)), split)
+            return local_split_files(os.path.expanduser(str(self.dataset_name)), split)
         if str(self.dataset_name).startswith((".", "/", "~")) or str(self.dataset_name).endswith(
             ".parquet"
         ):
@@ -223,11 +133,11 @@ class PickAPicDataModule(L.LightningDataModule):
             return None
         paths = self._paths(files, split, arg)
         if paths is None:
-            source = _load_hub(str(self.dataset_name), split, self.streaming)
+            source = load_hub(str(self.dataset_name), split, self.streaming)
             if self.score_labels is not None:
                 check_score_columns(source.column_names or [], f"dataset '{self.dataset_name}'")
             return source
-        _check_parquet_columns(paths, scored=self.score_labels is not None)
+        check_parquet_columns(paths, scored=self.score_labels is not None)
         data_files = {"train": paths}
         return datasets.load_dataset(
             "parquet", data_files=data_files, split="train", streaming=self.streaming
@@ -289,34 +199,10 @@ class PickAPicDataModule(L.LightningDataModule):
             world_size=1,
         )
 
-    def train_dataloader(self) -> ResumableDataLoader:
-        """Returns the resumable training loader (``drop_last=True``)."""
-        if self.train_set is None:
-            self.setup("fit")
-        assert self.train_set is not None
-        common: dict[str, Any] = {
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "collate_fn": PairCollate(self.resolution),
-            "drop_last": True,
-        }
-        if isinstance(self.train_set, PickAPicStream):
-            return ResumableDataLoader(self.train_set, consumer_prefetch=1, **common)
-        if len(self.train_set) == 0:
-            raise DataError("the training data has no pairs left after dropping ties")
-        sampler = ResumableSampler(len(self.train_set), seed=self.seed, shuffle=True)
-        return ResumableDataLoader(self.train_set, sampler=sampler, **common)
+    def collate_fn(self) -> PairCollate:
+        """Stacks decoded pairs into an ``ImagePairBatch``, dropping and counting bad rows."""
+        return PairCollate(self.resolution)
 
-    def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """Returns the validation loader in file order, or ``[]`` when there is no validation."""
-        if self.val_set is None:
-            self.setup("validate")
-        if self.val_set is None:
-            return []
-        return DataLoader(
-            self.val_set,
-            batch_size=self.val_batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            collate_fn=PairCollate(self.resolution),
-        )
+    def empty_train_message(self) -> str:
+        """The error for training data that has no pairs left."""
+        return "the training data has no pairs left after dropping ties"

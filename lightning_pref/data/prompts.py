@@ -10,10 +10,10 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_pref.data.pickapic import resolve_data_files
+from lightning_pref.data.parquet import resolve_data_files
 from lightning_pref.data.sampler import ResumableDataLoader, ResumableSampler
 from lightning_pref.errors import DataError
-from lightning_pref.seeding import resolve_seed
+from lightning_pref.training.seeding import resolve_seed
 from lightning_pref.types import PromptBatch
 
 __all__ = ["PromptDataModule", "PromptList", "load_prompts"]

@@ -25,45 +25,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_pref.errors import ConfigError, DataError
+from lightning_pref.data.parquet import SCORE_COLUMNS, check_parquet_columns, resolve_data_files
+from lightning_pref.errors import ConfigError
 from lightning_pref.scoring.base import Scorer
 
 __all__ = [
     "SCORES_FILE",
-    "SCORE_COLUMNS",
     "SMPO_SCORE_MAX",
     "SMPO_SCORE_MIN",
     "ScoreLabels",
-    "check_score_columns",
     "find_scores_file",
     "score_pairs",
-    "score_pairs_main",
 ]
 
 logger = logging.getLogger("lightning_pref.data")
-SCORE_COLUMNS = ("score_0", "score_1")
 SCORES_FILE = "scores.json"
 SMPO_SCORE_MIN = 0.11543526500463486  # SmPO train.py: global min of PickScore raw cosines
 SMPO_SCORE_MAX = 0.28201571106910706  # SmPO train.py: global max
 MAX_WARNINGS = 5  # undecodable rows warned about one by one; later ones only counted
 _SEARCH_LEVELS = 3  # scores.json is looked for in a shard's folder and its two parents
-_SCORE_HINT = (
-    "score the pairs first: python -m lightning_pref score-pairs --input DIR --output SCORED_DIR "
-    "--scorer lightning_pref.scoring.PretrainedPickScore --scorer.logit_scale false, "
-    "then read SCORED_DIR"
-)
-
-
-def check_score_columns(names: Sequence[str], where: str) -> None:
-    """Raises a one-line ``DataError`` naming the fix if ``score_0``/``score_1`` are missing.
-
-    Args:
-        names: Column names of a shard or dataset.
-        where: The shard or dataset, for the message.
-    """
-    missing = [c for c in SCORE_COLUMNS if c not in names]
-    if missing:
-        raise DataError(f"{where} has no column(s) {', '.join(missing)}; {_SCORE_HINT}")
 
 
 def find_scores_file(files: Sequence[str | Path]) -> Path | None:
@@ -304,10 +284,8 @@ def score_pairs(
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
-    from lightning_pref.data.pickapic import _check_parquet_columns, resolve_data_files
-
     files = resolve_data_files(input, "input")
-    _check_parquet_columns(files)
+    check_parquet_columns(files)
     names = _relative_names(input, files)
     out = Path(output).expanduser()
     targets = [out / name for name in names]
@@ -341,35 +319,3 @@ def _summary(stats: list[dict[str, Any]], scorer: str, names: list[str]) -> dict
         "rows_skipped": sum(s["rows_skipped"] for s in stats),
         "files": names,
     }
-
-
-SCORE_PAIRS_HELP = """Score Pick-a-Pic pairs offline for SmPO's label smoothing (ScoreLabels).
-
-Writes the shards of --input to --output with float columns score_0/score_1 and a scores.json.
-SmPO's constants (ScoreLabels defaults) are for PickScore's RAW cosine: pass
---scorer lightning_pref.scoring.PretrainedPickScore --scorer.logit_scale false. For any other
-scorer, train with score_labels: {score_min: null, score_max: null} (read from scores.json)."""
-
-
-def score_pairs_main(argv: list[str]) -> dict[str, Any]:
-    """``python -m lightning_pref score-pairs ...``: parse with jsonargparse, then score.
-
-    Args:
-        argv: The arguments after ``score-pairs`` (see ``--help``).
-
-    Returns:
-        The content of the written ``scores.json``.
-    """
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(
-        prog="python -m lightning_pref score-pairs",
-        description=SCORE_PAIRS_HELP,
-        exit_on_error=False,
-    )
-    parser.add_argument("--config", action="config", help="a YAML file of these arguments")
-    parser.add_function_arguments(score_pairs, as_group=False, skip={"scorer"})
-    parser.add_subclass_arguments(Scorer, "scorer", required=True, help="the scorer, by class_path")
-    config = parser.instantiate_classes(parser.parse_args(argv))
-    kwargs = {k: config[k] for k in ("input", "output", "scorer", "batch_size", "device")}
-    return score_pairs(**kwargs)

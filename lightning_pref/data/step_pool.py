@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_pref.models.policy import DiffusionPolicy
-from lightning_pref.sampling import DDIMStep, cfg_predict, ddim_step, ddim_timesteps
+from lightning_pref.models.sampling import DDIMStep, cfg_predict, ddim_step, ddim_timesteps
 from lightning_pref.scoring.base import Scorer
 from lightning_pref.types import StepPoolBatch
 
@@ -193,15 +193,11 @@ class StepPoolSampler(nn.Module):
         )  # [P, C, h, w]
         steps, branch, ratio = self.schedule(policy.num_train_timesteps)
         rec, rows = _Recorder(), torch.arange(n, device=device)
-        for t_int in steps[:branch]:
-            t = torch.full((n,), t_int, device=device, dtype=torch.long)
-            out = self.predict(policy, x, t, cond, uncond)
-            x = ddim_step(policy, out, x, t, t - ratio, self.eta, generator).prev_sample
+        x = self._run_chain(policy, x, steps[:branch], ratio, cond, uncond, generator)
         t = torch.full((n,), steps[branch], device=device, dtype=torch.long)
         step = _transition(policy, self.predict(policy, x, t, cond, uncond), x, t, ratio, self.eta)
         shared, t_shared = x, steps[branch]
         cand = self._branch(step, generator)  # [P, k, C, h, w]
-        caps_k = [c for c in captions for _ in range(k)]
         cond_k, uncond_k = cond.repeat_interleave(k, 0), uncond.repeat_interleave(k, 0)
         for t_int in [*steps[branch + 1 :], None]:
             if t_int is None:  # the candidates are final samples
@@ -211,14 +207,7 @@ class StepPoolSampler(nn.Module):
                 out = self.predict(policy, flat, tk, cond_k, uncond_k)
                 step_all = _transition(policy, out, flat, tk, ratio, self.eta)
                 x0, score_t = step_all.pred_x0, t_int
-            scores = self._score(policy, x0, caps_k, score_t).view(n, k)  # [P, k]
-            win, lose = scores.argmax(1), scores.argmin(1)  # [P]
-            s_w, s_l = scores[rows, win], scores[rows, lose]
-            if self.reward_guidance > 0:
-                x0_w = x0.view(n, k, *x0.shape[1:])[rows, win]  # [P, C, h, w]
-                shift, shift_x0 = self._guide(policy, x0_w, captions, score_t, step.std)
-                cand[rows, win] = cand[rows, win] + shift
-                s_w = self._score(policy, x0_w + shift_x0, captions, score_t)
+            scores, win, lose, s_w = self._rank(policy, x0, cand, captions, score_t, step.std)
             rec.add(
                 captions,
                 x_t=shared,
@@ -226,7 +215,7 @@ class StepPoolSampler(nn.Module):
                 x_l=cand[rows, lose],
                 t=torch.full((n,), t_shared, device=device, dtype=torch.long),
                 s_w=s_w,
-                s_l=s_l,
+                s_l=scores[rows, lose],
             )
             if step_all is None:
                 final_scores = scores.flatten()
@@ -238,13 +227,55 @@ class StepPoolSampler(nn.Module):
             shared, t_shared = cand[rows, pick], t_int
             step = _take(step_all, n, k, rows, pick)
             cand = self._branch(step, generator)
-        t_all = rec.cat("t")
-        s_w, s_l = rec.cat("s_w"), rec.cat("s_l")
-        valid = torch.tanh((s_w - s_l) / 2) > self.threshold
-        batch = StepPoolBatch(
-            rec.cat("x_t"), rec.cat("x_w"), rec.cat("x_l"), t_all, t_all - ratio, rec.captions
-        )
-        return StepPool(batch, s_w, s_l, valid, final_scores, 0.0)
+        return _pool(rec, ratio, final_scores, self.threshold)
+
+    def _run_chain(
+        self,
+        policy: DiffusionPolicy,
+        x: Tensor,
+        steps: list[int],
+        ratio: int,
+        cond: Tensor,
+        uncond: Tensor,
+        generator: torch.Generator,
+    ) -> Tensor:
+        """Runs the shared chain down ``steps`` (before branching): x_t ``[P, C, h, w]``."""
+        n, device = x.shape[0], x.device
+        for t_int in steps:
+            t = torch.full((n,), t_int, device=device, dtype=torch.long)
+            out = self.predict(policy, x, t, cond, uncond)
+            x = ddim_step(policy, out, x, t, t - ratio, self.eta, generator).prev_sample
+        return x
+
+    def _rank(
+        self,
+        policy: DiffusionPolicy,
+        x0: Tensor,
+        cand: Tensor,
+        captions: list[str],
+        t: int,
+        std: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Scores the candidates' ``x0`` ``[P·k, C, h, w]`` at ``t`` and ranks them per prompt.
+
+        With reward guidance the winner is moved in ``cand`` ``[P, k, C, h, w]`` (in place) and
+        its score is that of its moved x̂0.
+
+        Returns:
+            ``(scores [P, k], win [P], lose [P], s_w [P])``.
+        """
+        n, k = cand.shape[:2]
+        rows = torch.arange(n, device=cand.device)
+        caps_k = [c for c in captions for _ in range(k)]
+        scores = self._score(policy, x0, caps_k, t).view(n, k)  # [P, k]
+        win, lose = scores.argmax(1), scores.argmin(1)  # [P]
+        s_w = scores[rows, win]
+        if self.reward_guidance > 0:
+            x0_w = x0.view(n, k, *x0.shape[1:])[rows, win]  # [P, C, h, w]
+            shift, shift_x0 = self._guide(policy, x0_w, captions, t, std)
+            cand[rows, win] = cand[rows, win] + shift
+            s_w = self._score(policy, x0_w + shift_x0, captions, t)
+        return scores, win, lose, s_w
 
     def _branch(self, step: DDIMStep, generator: torch.Generator) -> Tensor:
         """Draw the k candidates ``mean + σ z`` of one transition: ``[P, k, C, h, w]``."""
@@ -259,6 +290,17 @@ def _transition(
 ) -> DDIMStep:
     """Mean and σ of x_t → x_{t−ratio}; its ``prev_sample`` is unused (``_branch`` draws)."""
     return ddim_step(policy, out, x, t, t - ratio, eta, prev_sample=x)
+
+
+def _pool(rec: _Recorder, ratio: int, final_scores: Tensor, threshold: float) -> StepPool:
+    """The round's step pairs; a pair is valid if ``tanh((s_w − s_l) / 2) > threshold``."""
+    t_all = rec.cat("t")
+    s_w, s_l = rec.cat("s_w"), rec.cat("s_l")
+    valid = torch.tanh((s_w - s_l) / 2) > threshold
+    batch = StepPoolBatch(
+        rec.cat("x_t"), rec.cat("x_w"), rec.cat("x_l"), t_all, t_all - ratio, rec.captions
+    )
+    return StepPool(batch, s_w, s_l, valid, final_scores, 0.0)
 
 
 def _take(step: DDIMStep, n: int, k: int, rows: Tensor, pick: Tensor) -> DDIMStep:

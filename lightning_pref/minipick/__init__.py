@@ -5,27 +5,26 @@ The world and the rater are pure torch; the policy, data and asset modules add t
 """
 
 from lightning_pref.minipick.aesthetic import MiniPickAesthetic
-from lightning_pref.minipick.assets import AssetSettings, MiniPickAssets, default_data_dir
+from lightning_pref.minipick.assets import MiniPickAssets
+from lightning_pref.minipick.cached import MiniPickSPM, SPMDataModule, SPMModule
 from lightning_pref.minipick.capo_data import (
     CaPOSettings,
     MiniPickCaPODataModule,
     build_capo_folder,
 )
-from lightning_pref.minipick.data import (
-    MiniPickDataModule,
-    MiniPickPromptDataModule,
-    SceneDataModule,
-)
+from lightning_pref.minipick.data import MiniPickDataModule, MiniPickPromptDataModule
 from lightning_pref.minipick.policy import MiniPickPolicy
 from lightning_pref.minipick.proxy import (
     MiniPickScore,
-    PreferencePairs,
     ProxyConfig,
     caption_contrastive_loss,
+    pickscore_loss,
+)
+from lightning_pref.minipick.proxy_train import (
+    PreferencePairs,
     evaluate_pairs,
     fit_proxy,
     load_pairs,
-    pickscore_loss,
     train_proxy,
 )
 from lightning_pref.minipick.rater import (
@@ -38,9 +37,11 @@ from lightning_pref.minipick.rater import (
     temperature_for_agreement,
     tie_margin_for_rate,
 )
-from lightning_pref.minipick.spm import MiniPickSPM, SPMConfig, StepAwareMiniPickScore
-from lightning_pref.minipick.spm_data import SPMDataModule, predict_x0
-from lightning_pref.minipick.spm_train import SPMModule, SPMObjective, train_spm
+from lightning_pref.minipick.scenes import SceneDataModule
+from lightning_pref.minipick.spm import SPMConfig, StepAwareMiniPickScore
+from lightning_pref.minipick.spm_data import predict_x0
+from lightning_pref.minipick.spm_train import SPMObjective, train_spm
+from lightning_pref.minipick.store import AssetSettings, default_data_dir
 from lightning_pref.minipick.world import (
     AREA_FACTORS,
     COLORS,

@@ -17,11 +17,9 @@ the fix named); the cache's own manifest then guards the installed copy, as for 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import tempfile
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -29,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lightning_pref.errors import ConfigError, DataError
-from lightning_pref.minipick.assets import BASE_FIELDS, AssetSettings
+from lightning_pref.minipick.store import BASE_FIELDS, AssetSettings
 
 __all__ = [
     "BASE_SHA256",
@@ -37,7 +35,6 @@ __all__ = [
     "WEIGHTS_FILE",
     "build_base_weights",
     "install_committed_base",
-    "minipick_base_main",
 ]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -158,27 +155,3 @@ def install_committed_base(out_dir: Path, settings: AssetSettings) -> dict[str, 
     _load_fp16(policy, WEIGHTS_FILE)
     _save_sd_folder(policy, out_dir)
     return {"source": "committed", "sha256": digest, "test_quality": record["test_quality"]}
-
-
-def minipick_base_main(argv: list[str]) -> None:
-    """``python -m lightning_pref minipick-base``: rebuild the committed base from scratch."""
-    parser = argparse.ArgumentParser(
-        prog="python -m lightning_pref minipick-base",
-        description="Pretrain MiniPick's base model from scratch (about 7 min on 2 CPU cores) "
-        "and write base.safetensors and base.json (settings, SHA-256, test-prompt quality).",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=WEIGHTS_DIR, help=f"output folder (default {WEIGHTS_DIR})"
-    )
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    record = build_base_weights(args.out)
-    quality = record["test_quality"]
-    print(
-        f"wrote {args.out / WEIGHTS_FILE.name} ({record['bytes'] / 1e6:.2f} MB, sha256 "
-        f"{record['sha256']}) in {time.perf_counter() - start:.0f} s; test prompts: fidelity "
-        f"{quality['fidelity_mean']:.3f}, taste {quality['taste_mean']:.3f}, gold "
-        f"{quality['gold_mean']:.3f}"
-    )
-    if args.out.resolve() == WEIGHTS_DIR.resolve() and record["sha256"] != BASE_SHA256:
-        print(f'pin the new hash: BASE_SHA256 = "{record["sha256"]}" in {__file__}')

@@ -15,13 +15,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from lightning_pref.data.fake import PICKAPIC_SCHEMA
-from lightning_pref.minipick.assets import AssetSettings
 from lightning_pref.minipick.model import build_minipick_components
 from lightning_pref.minipick.rater import GoldRater, label_pairs, tie_margin_for_rate
+from lightning_pref.minipick.store import AssetSettings
 from lightning_pref.minipick.world import prompts
 from lightning_pref.models.components import DiffusionComponents
 from lightning_pref.models.policy import DiffusionPolicy
-from lightning_pref.sampling import sample_images
+from lightning_pref.models.sampling import sample_images
 
 __all__ = [
     "ScratchMiniPickPolicy",
@@ -62,10 +62,10 @@ def pretrain_base(out_dir: Path, settings: AssetSettings) -> dict:
     from lightning import Trainer, seed_everything
 
     from lightning_pref.callbacks.progress import StepProgressBar
-    from lightning_pref.minipick.data import SceneDataModule
+    from lightning_pref.minipick.scenes import SceneDataModule
     from lightning_pref.modules.offline import OfflinePairModule
     from lightning_pref.objectives.sft import SFT
-    from lightning_pref.optim import WarmupCosine
+    from lightning_pref.training.optim import WarmupCosine
 
     seed_everything(settings.base_seed, verbose=False)
     policy = ScratchMiniPickPolicy(settings.image_size, settings.base_seed, settings.unet_channels)
@@ -110,7 +110,7 @@ def base_quality(policy: DiffusionPolicy, num_samples: int = QUALITY_SAMPLES) ->
     seed 0, DDIM 10 steps, CFG 5) scored by the gold rater: the means of the gold reward, of its
     fidelity and taste groups (:meth:`GoldRater.score_groups`) and the median fidelity.
     """
-    from lightning_pref.evaluation import sample_plan, sample_seeded
+    from lightning_pref.models.sampling import sample_plan, sample_seeded
 
     captions, seeds = sample_plan(prompts("test"), num_samples, seed=0)
     rater = GoldRater()

@@ -39,7 +39,7 @@ from torch import Tensor
 from lightning_pref.data.calibrated import CalibratedPair, calibrated_pairs, write_pair_csv
 from lightning_pref.data.folder import PairFolderDataModule
 from lightning_pref.models.policy import DiffusionPolicy
-from lightning_pref.sampling import sample_images
+from lightning_pref.models.sampling import sample_images
 from lightning_pref.scoring.base import Scorer
 
 __all__ = [
@@ -231,7 +231,8 @@ def _default_scorers(proxy_dir: Path, settings: CaPOSettings) -> list[Scorer]:
 
 def _build_from_assets(folder: Path, data_dir: str | None, settings: CaPOSettings) -> dict:
     """Build from the cached MiniPick base model and proxy (both built on first use)."""
-    from lightning_pref.minipick.assets import MiniPickAssets, is_complete
+    from lightning_pref.minipick.assets import MiniPickAssets
+    from lightning_pref.minipick.store import is_complete
     from lightning_pref.minipick.world import prompts
 
     assets = MiniPickAssets(data_dir)
@@ -293,7 +294,7 @@ class MiniPickCaPODataModule(PairFolderDataModule):
         seed: int | None = None,
         max_val_pairs: int | None = None,
     ) -> None:
-        from lightning_pref.minipick.assets import AssetSettings
+        from lightning_pref.minipick.store import AssetSettings
 
         self.capo_settings = CaPOSettings(
             samples_per_prompt,
@@ -317,7 +318,7 @@ class MiniPickCaPODataModule(PairFolderDataModule):
 
     def _ensure(self) -> None:
         if self.build_on_use:
-            from lightning_pref.minipick.assets import ensure_asset
+            from lightning_pref.minipick.store import ensure_asset
 
             build = partial(_build_from_assets, data_dir=self.data_dir, settings=self.capo_settings)
             ensure_asset(self.csv_path.parent, build, "CaPO pairs")

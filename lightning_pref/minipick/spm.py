@@ -22,13 +22,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from lightning_pref.minipick.proxy import CONFIG_NAME, WEIGHTS_NAME, MiniPickScore, ProxyConfig
+from lightning_pref.minipick.proxy import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    MiniPickScore,
+    ProxyConfig,
+    save_config_and_weights,
+)
 from lightning_pref.scoring.base import Scorer
 
-__all__ = ["MiniPickSPM", "SPMConfig", "StepAwareMiniPickScore"]
+__all__ = ["SPMConfig", "StepAwareMiniPickScore"]
 
 
 @dataclass(frozen=True)
@@ -146,11 +152,7 @@ class StepAwareMiniPickScore(Scorer):
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` into ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=1))
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(weights, str(folder / WEIGHTS_NAME))
+        save_config_and_weights(self, asdict(self.config), folder)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> StepAwareMiniPickScore:
@@ -162,55 +164,3 @@ class StepAwareMiniPickScore(Scorer):
         model = cls(SPMConfig(proxy=ProxyConfig(**proxy), **values))
         model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=True)
         return model.eval().requires_grad_(False)
-
-
-class MiniPickSPM(Scorer):
-    """The step-aware MiniPick preference model as a frozen :class:`Scorer`.
-
-    It is loaded (the asset built on first use) when constructed, i.e. when the CLI instantiates
-    the config, before training starts: building it inside a training step would nest its own
-    Trainer in the outer one. ``--print_config`` does not construct it. Weights are frozen and in
-    eval mode, but scores stay differentiable with respect to the images (TailorPO-G follows
-    their gradient).
-
-    Args:
-        data_dir: the MiniPick asset cache; None = the default. The SPM asset (and the base
-            model, pairs and proxy it depends on) is built there on first use.
-        pretrained: an exported SPM folder (``config.json`` + ``model.safetensors``, e.g. the
-            ``spm/`` folder of a ``spm_minipick.yaml`` run) to use instead of the asset.
-    """
-
-    def __init__(self, data_dir: str | None = None, pretrained: str | None = None) -> None:
-        super().__init__()
-        self.data_dir = data_dir
-        self.pretrained = pretrained
-        self.model: StepAwareMiniPickScore | None = None
-        self.load()
-
-    def load(self) -> StepAwareMiniPickScore:
-        """Load (building the asset if needed) and return the model; later calls reuse it."""
-        if self.model is None:
-            if self.pretrained is not None:
-                folder = Path(self.pretrained)
-            else:
-                from lightning_pref.minipick.assets import MiniPickAssets
-
-                folder = MiniPickAssets(self.data_dir).spm_dir(build=True)
-            self.model = StepAwareMiniPickScore.from_pretrained(folder)  # frozen, eval
-        return self.model
-
-    def train(self, mode: bool = True) -> MiniPickSPM:
-        """Keep the loaded model in eval mode whatever the parent module's mode."""
-        super().train(mode)
-        if self.model is not None:
-            self.model.eval()
-        return self
-
-    def forward(
-        self, images: Tensor, captions: Sequence[str], timesteps: Tensor | None = None
-    ) -> Tensor:
-        """Step-aware scores ``[N]`` of images (x̂0) in [-1, 1] at ``timesteps`` (None = 0)."""
-        model = self.load()
-        if model.proxy.logit_scale.device != images.device:  # loaded after the parent's .to()
-            model.to(images.device)
-        return model(images, list(captions), timesteps)

@@ -25,15 +25,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_pref.errors import ConfigError
-from lightning_pref.minipick.assets import MiniPickAssets
-from lightning_pref.minipick.proxy import PreferencePairs, load_pairs
+from lightning_pref.minipick.proxy_train import PreferencePairs, load_pairs
 from lightning_pref.models.policy import DiffusionPolicy
-from lightning_pref.sampling import cfg_predict, ddim_step
+from lightning_pref.models.sampling import cfg_predict, ddim_step
 
 __all__ = [
     "NoisyExamples",
     "SPMBatch",
-    "SPMDataModule",
+    "SPMPairsDataModule",
     "VAL_TIMESTEPS",
     "fixed_examples",
     "predict_x0",
@@ -136,12 +135,13 @@ def fixed_examples(
     return _examples(pairs, t, gen, key_offset)
 
 
-class SPMDataModule(LightningDataModule):
+class SPMPairsDataModule(LightningDataModule):
     """MiniPick pairs (ties kept) as seeded noisy-x̂0 examples for the step-aware scorer.
 
     Args:
-        data_dir: the MiniPick asset cache; None = the default. The pairs are built on first use.
-        pairs_dir: read the parquet pairs from here instead of the asset cache.
+        data_dir: the MiniPick asset cache (read by
+            :class:`~lightning_pref.minipick.cached.SPMDataModule`, which builds the pairs there).
+        pairs_dir: the folder of the parquet pairs; None: the pairs asset of ``data_dir``.
         image_size: side the images are decoded to.
         draws_per_pair: (t, ε) draws per training pair.
         val_timesteps: every validation pair is scored at each of these.
@@ -174,9 +174,11 @@ class SPMDataModule(LightningDataModule):
 
     def pairs_path(self) -> Path:
         """Folder of the parquet pairs (built into the asset cache if needed)."""
-        if self.pairs_dir is not None:
-            return Path(self.pairs_dir)
-        return MiniPickAssets(self.data_dir).pairs_dir(build=True)
+        if self.pairs_dir is None:
+            raise ConfigError(
+                "SPMPairsDataModule needs pairs_dir (SPMDataModule finds the cached pairs)"
+            )
+        return Path(self.pairs_dir)
 
     def prepare_data(self) -> None:
         """Build the pairs if the cache lacks them (one process builds)."""

@@ -1,6 +1,6 @@
 """Training the step-aware MiniPick preference model (SPO's SPM, METHODS §2.2) with our Trainer.
 
-:class:`SPMModule` scores both x̂0 of each (pair, t, ε) draw of :mod:`.spm_data` at t with
+:class:`SPMTrainingModule` scores both x̂0 of each (pair, t, ε) draw of :mod:`.spm_data` at t with
 :class:`~lightning_pref.minipick.spm.StepAwareMiniPickScore` and applies :class:`SPMObjective`,
 PickScore's 2-way cross-entropy against ``[label_0, label_1]`` (SPO's ``spm_criterion.py``). The
 frozen base UNet runs once per draw; the module caches x̂0 and later epochs train the scorer on
@@ -21,16 +21,22 @@ from lightning import Trainer
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lightning_pref.minipick.assets import AssetSettings, MiniPickAssets
+from lightning_pref.errors import ConfigError
 from lightning_pref.minipick.proxy import MiniPickScore, caption_contrastive_loss, pickscore_loss
 from lightning_pref.minipick.spm import StepAwareMiniPickScore
-from lightning_pref.minipick.spm_data import DRAWS_PER_PAIR, SPMBatch, SPMDataModule, predict_x0
+from lightning_pref.minipick.spm_data import (
+    DRAWS_PER_PAIR,
+    SPMBatch,
+    SPMPairsDataModule,
+    predict_x0,
+)
+from lightning_pref.minipick.store import AssetSettings
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.modules.base import PreferenceModule
 from lightning_pref.objectives.base import PreferenceObjective
 from lightning_pref.types import ObjectiveOutput
 
-__all__ = ["SPMModule", "SPMObjective", "ScoredPair", "train_spm"]
+__all__ = ["SPMObjective", "SPMTrainingModule", "ScoredPair", "train_spm"]
 
 # Chosen on the 1024 benchmark pairs (train on 768 with a proxy fit on them; 256 held-out train +
 # 128 validation pairs, mean accuracy over VAL_TIMESTEPS): the proxy itself scores 0.669; with 2
@@ -94,7 +100,7 @@ class SPMObjective(PreferenceObjective):
         return ObjectiveOutput(loss, {"accuracy": acc.detach()})
 
 
-class SPMModule(PreferenceModule):
+class SPMTrainingModule(PreferenceModule):
     """Trains :class:`StepAwareMiniPickScore` on x̂0 of the frozen base model (SPO's SPM task).
 
     The policy is the frozen base model (SPO's SPM trainer likewise holds SD's UNet): it predicts
@@ -106,9 +112,9 @@ class SPMModule(PreferenceModule):
     Args:
         policy: the frozen base model.
         objective: the SPM loss.
-        proxy_dir: the MiniPickScore folder the towers start from; None = the asset of
-            ``data_dir``.
-        data_dir: the MiniPick asset cache used when ``proxy_dir`` is None.
+        proxy_dir: the MiniPickScore folder the towers start from; None: the proxy asset of
+            ``data_dir``, which only :class:`~lightning_pref.minipick.cached.SPMModule` finds.
+        data_dir: the MiniPick asset cache (read by ``SPMModule``).
         guidance_scale: CFG weight of the x̂0 prediction (SPO: 5).
         optimizer: optimizer factory over the scorer's parameters.
         lr_scheduler: optional LR-schedule factory, stepped every optimizer step.
@@ -141,9 +147,16 @@ class SPMModule(PreferenceModule):
         super().configure_model()
         self.policy.requires_grad_(False).eval()
         if self.scorer is None:
-            folder = self.proxy_dir or MiniPickAssets(self.data_dir).proxy_dir(build=True)
-            proxy = MiniPickScore.from_pretrained(folder)
+            proxy = MiniPickScore.from_pretrained(self.proxy_path())
             self.scorer = StepAwareMiniPickScore.from_proxy(proxy).requires_grad_(True)
+
+    def proxy_path(self) -> Path:
+        """The MiniPickScore folder the scorer starts from."""
+        if self.proxy_dir is None:
+            raise ConfigError(
+                "SPMTrainingModule needs proxy_dir (SPMModule finds the cached proxy)"
+            )
+        return Path(self.proxy_dir)
 
     def noisy_x0(self, batch: SPMBatch) -> tuple[Tensor, Tensor]:
         """Cached :func:`predict_x0` of the batch's examples (computed on first sight)."""
@@ -212,10 +225,10 @@ def _build_module(
     out_dir: str | Path,
     settings: AssetSettings,
     steps: int,
-) -> SPMModule:
-    from lightning_pref.optim import WarmupCosine
+) -> SPMTrainingModule:
+    from lightning_pref.training.optim import WarmupCosine
 
-    return SPMModule(
+    return SPMTrainingModule(
         DiffusionPolicy(pretrained=str(base_dir)),
         SPMObjective(CLIP_WEIGHT),
         proxy_dir=str(proxy_dir),
@@ -261,7 +274,7 @@ def train_spm(
     torch.set_num_threads(1)  # tiny models: one thread is as fast and does not thrash
     try:
         module = _build_module(base_dir, proxy_dir, out_dir, settings, max_steps)
-        data = SPMDataModule(
+        data = SPMPairsDataModule(
             pairs_dir=str(pairs_dir),
             image_size=settings.image_size,
             draws_per_pair=draws_per_pair,

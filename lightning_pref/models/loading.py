@@ -10,7 +10,7 @@ from typing import Any
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from lightning_pref.errors import ModelLoadError
+from lightning_pref.errors import ModelLoadError, first_line
 from lightning_pref.models.components import DiffusionComponents
 
 __all__ = ["check_source", "load_components", "load_vae", "looks_like_local_path"]
@@ -112,7 +112,7 @@ def load_components(
         raise
     except Exception as err:  # hub/network/format errors come in many types
         if local:
-            raise ModelLoadError(f"failed to load '{pretrained}': {_first_line(err)}") from err
+            raise ModelLoadError(f"failed to load '{pretrained}': {first_line(err)}") from err
         raise ModelLoadError(_hub_hint(pretrained)) from err
     if vae_path is not None:
         parts.vae = load_vae(vae_path)
@@ -207,7 +207,7 @@ def load_vae(vae_path: str) -> AutoencoderKL:
         return AutoencoderKL.from_pretrained(str(root) if local else vae_path, subfolder=subfolder)
     except Exception as err:
         if local:
-            raise ModelLoadError(f"failed to load VAE '{vae_path}': {_first_line(err)}") from err
+            raise ModelLoadError(f"failed to load VAE '{vae_path}': {first_line(err)}") from err
         raise ModelLoadError(_hub_hint(vae_path, "vae_path")) from err
 
 
@@ -218,8 +218,3 @@ def _load_tokenizer(
     if root is not None and not (root / subfolder / "merges.txt").exists():
         return AutoTokenizer.from_pretrained(str(root / subfolder))
     return CLIPTokenizer.from_pretrained(source, subfolder=subfolder, **kwargs)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"

@@ -16,7 +16,7 @@ from lightning_pref.errors import ConfigError
 from lightning_pref.models.fast import FastPath
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.objectives.base import PreferenceObjective
-from lightning_pref.seeding import resolve_seed
+from lightning_pref.training.seeding import resolve_seed
 from lightning_pref.types import ObjectiveOutput
 
 __all__ = ["PreferenceModule", "ReferenceMode"]

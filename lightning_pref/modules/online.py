@@ -12,9 +12,9 @@ from lightning_pref.data.step_pool import StepPool, StepPoolSampler
 from lightning_pref.errors import TrainingDivergedError
 from lightning_pref.models.fast import FastPath
 from lightning_pref.models.policy import DiffusionPolicy
+from lightning_pref.models.sampling import ddim_step, gaussian_logprob
 from lightning_pref.modules.base import PreferenceModule, ReferenceMode
 from lightning_pref.objectives.base import StepObjective
-from lightning_pref.sampling import ddim_step, gaussian_logprob
 from lightning_pref.types import ObjectiveOutput, PromptBatch, StepPair, StepPoolBatch
 
 __all__ = ["StepPoolModule"]

@@ -38,7 +38,7 @@ class SelfNPOModule(PreferenceModule):
     Pair batches are read for their images and captions only (labels are ignored). The teacher
     is saved in checkpoints under ``self_npo_teacher``, so a resumed run continues its average.
 
-    The trained model is used as ``negative`` in :class:`~lightning_pref.negative.
+    The trained model is used as ``negative`` in :class:`~lightning_pref.models.negative.
     NegativeGuidance` with the model it started from as ``base``.
 
     Args:

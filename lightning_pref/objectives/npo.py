@@ -22,7 +22,7 @@ class DiffusionNPO(PairObjective):
     ``NPO(x_w, x_l) = DiffusionDPO(x_l, x_w)``: with ``diff = (mse_w - mse_l) - (ref_w - ref_l)``,
     ``inside = +0.5 · β · diff`` and ``loss = -logsigmoid(inside).mean()``. The trained model is a
     *negative* model: it moves towards what people rejected, and at sampling time it replaces the
-    unconditional branch of classifier-free guidance (:mod:`lightning_pref.negative`).
+    unconditional branch of classifier-free guidance (:mod:`lightning_pref.models.negative`).
 
     β convention: ours is the −0.5·β form of :class:`~lightning_pref.objectives.DiffusionDPO`
     (the official SDXL script's form). The official SD1.5 script uses the diffusers form

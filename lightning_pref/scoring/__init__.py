@@ -2,6 +2,7 @@
 
 from lightning_pref.scoring.aesthetic import LAIONAesthetic, RewardMLP
 from lightning_pref.scoring.base import Scorer
+from lightning_pref.scoring.clip import ClipPreprocess
 from lightning_pref.scoring.clip_score import CLIPScore
 from lightning_pref.scoring.convert import (
     convert_image_reward_state_dict,
@@ -10,7 +11,7 @@ from lightning_pref.scoring.convert import (
 )
 from lightning_pref.scoring.hps import HPSv2
 from lightning_pref.scoring.image_reward import ImageReward
-from lightning_pref.scoring.pickscore import ClipPreprocess, PickScore
+from lightning_pref.scoring.pickscore import PickScore
 from lightning_pref.scoring.pretrained import PretrainedPickScore, PretrainedStepAwarePickScore
 from lightning_pref.scoring.step_aware import (
     StepAwarePickScore,

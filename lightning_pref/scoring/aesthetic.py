@@ -9,15 +9,14 @@ import torch
 from torch import Tensor, nn
 from transformers import CLIPModel
 
-from lightning_pref.errors import ModelLoadError
+from lightning_pref.errors import ModelLoadError, first_line
 from lightning_pref.models.loading import looks_like_local_path
 from lightning_pref.scoring.base import Scorer
-from lightning_pref.scoring.pickscore import (
+from lightning_pref.scoring.clip import (
     PROCESSOR_FILE,
     ClipPreprocess,
-    _first_line,
-    _resolve_weights,
     resolve_folder,
+    resolve_weights,
 )
 
 __all__ = ["AESTHETIC_HEAD_FILE", "LAIONAesthetic", "RewardMLP", "load_clip", "load_weights_file"]
@@ -69,7 +68,7 @@ def load_weights_file(path: Path) -> dict[str, Tensor]:
             return load_file(str(path))
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and format errors come in many types
-        raise ModelLoadError(f"cannot read weights from '{path}': {_first_line(err)}") from err
+        raise ModelLoadError(f"cannot read weights from '{path}': {first_line(err)}") from err
 
 
 def _find_head(name: str) -> Path:
@@ -90,11 +89,11 @@ def _find_head(name: str) -> Path:
 
 def load_clip(name: str) -> tuple[CLIPModel, Path]:
     """A CLIP model (eval mode; no tokenizer needed) and its resolved folder."""
-    folder = _resolve_weights(name)
+    folder = resolve_weights(name)
     try:
         return CLIPModel.from_pretrained(str(folder)).eval(), folder
     except Exception as err:  # format/shape/missing-file errors come in many types
-        raise ModelLoadError(f"failed to load CLIP from '{name}': {_first_line(err)}") from err
+        raise ModelLoadError(f"failed to load CLIP from '{name}': {first_line(err)}") from err
 
 
 class LAIONAesthetic(Scorer):
@@ -138,7 +137,7 @@ class LAIONAesthetic(Scorer):
         except RuntimeError as err:
             raise ModelLoadError(
                 f"'{head_path}' is not an aesthetic head (expected keys layers.0.weight ... "
-                f"layers.7.bias for width {self.head.layers[0].in_features}): {_first_line(err)}"
+                f"layers.7.bias for width {self.head.layers[0].in_features}): {first_line(err)}"
             ) from err
         config = folder / PROCESSOR_FILE
         size = clip.config.vision_config.image_size

@@ -9,18 +9,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
 
-from lightning_pref.errors import ModelLoadError
+from lightning_pref.errors import ModelLoadError, first_line
 from lightning_pref.models.loading import looks_like_local_path
 from lightning_pref.scoring.aesthetic import load_clip, load_weights_file
 from lightning_pref.scoring.base import Scorer
+from lightning_pref.scoring.clip import PROCESSOR_FILE, ClipPreprocess, resolve_folder
 from lightning_pref.scoring.convert import convert_open_clip_state_dict, open_clip_config
-from lightning_pref.scoring.pickscore import (
-    PROCESSOR_FILE,
-    ClipPreprocess,
-    PickScore,
-    _first_line,
-    resolve_folder,
-)
+from lightning_pref.scoring.pickscore import PickScore
 
 __all__ = ["HPSv2", "load_open_clip_checkpoint", "pad_to_square"]
 
@@ -52,7 +47,7 @@ def load_open_clip_checkpoint(
         clip.load_state_dict(convert_open_clip_state_dict(state))
     except (KeyError, RuntimeError, ValueError) as err:
         raise ModelLoadError(
-            f"'{path}' is not an open_clip ViT CLIP checkpoint: {_first_line(err)}"
+            f"'{path}' is not an open_clip ViT CLIP checkpoint: {first_line(err)}"
         ) from err
     return clip.eval()
 
@@ -86,7 +81,7 @@ def _load_processor(name: str, clip: CLIPModel) -> tuple[PreTrainedTokenizerBase
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except Exception as err:  # tokenizer errors come in many types
         raise ModelLoadError(
-            f"failed to load a tokenizer from '{name}': {_first_line(err)}"
+            f"failed to load a tokenizer from '{name}': {first_line(err)}"
         ) from err
     if (folder / PROCESSOR_FILE).is_file():
         return tokenizer, ClipPreprocess.from_config_file(folder / PROCESSOR_FILE, antialias=True)

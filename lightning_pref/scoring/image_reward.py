@@ -16,11 +16,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from lightning_pref.errors import ModelLoadError
+from lightning_pref.errors import ModelLoadError, first_line
 from lightning_pref.scoring.aesthetic import RewardMLP, load_weights_file
 from lightning_pref.scoring.base import Scorer
+from lightning_pref.scoring.clip import ClipPreprocess, resolve_folder
 from lightning_pref.scoring.convert import convert_image_reward_state_dict
-from lightning_pref.scoring.pickscore import ClipPreprocess, _first_line, resolve_folder
 
 __all__ = ["IMAGE_REWARD_MEAN", "IMAGE_REWARD_STD", "ImageReward", "blip_configs"]
 
@@ -127,7 +127,7 @@ class ImageReward(Scorer):
             self.head.load_state_dict(head_sd)
         except (KeyError, RuntimeError, ValueError) as err:
             raise ModelLoadError(
-                f"'{pretrained}' does not match the ImageReward layout: {_first_line(err)}"
+                f"'{pretrained}' does not match the ImageReward layout: {first_line(err)}"
             ) from err
         self.tokenizer = self._load_tokenizer(processor_path)
         self.preprocess = ClipPreprocess(vision_cfg.image_size, antialias=antialias)
@@ -144,7 +144,7 @@ class ImageReward(Scorer):
             return AutoTokenizer.from_pretrained(str(folder))
         except Exception as err:  # tokenizer errors come in many types
             raise ModelLoadError(
-                f"failed to load a tokenizer from '{name}': {_first_line(err)}"
+                f"failed to load a tokenizer from '{name}': {first_line(err)}"
             ) from err
 
     def text_features(self, images: Tensor, captions: Sequence[str]) -> Tensor:

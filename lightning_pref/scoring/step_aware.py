@@ -49,7 +49,8 @@ from torch import Tensor, nn
 from transformers import CLIPModel, PreTrainedTokenizerBase
 
 from lightning_pref.errors import ConfigError, ModelLoadError
-from lightning_pref.scoring.pickscore import ClipPreprocess, PickScore, _load_clip_parts
+from lightning_pref.scoring.clip import ClipPreprocess, load_clip_parts
+from lightning_pref.scoring.pickscore import PickScore
 
 __all__ = [
     "MODULATION_FILE",
@@ -218,9 +219,7 @@ class StepAwarePickScore(PickScore):
         Raises:
             ModelLoadError: one line naming what is missing and how to fix it.
         """
-        clip, tokenizer, preprocess, folder = _load_clip_parts(
-            pretrained, processor_path, antialias
-        )
+        clip, tokenizer, preprocess, folder = load_clip_parts(pretrained, processor_path, antialias)
         scorer = cls(clip, tokenizer, preprocess)
         path = folder / MODULATION_FILE
         if path.is_file():

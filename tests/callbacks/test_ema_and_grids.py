@@ -77,7 +77,7 @@ def test_ema_resumes_exactly(tmp_path):
 
 
 def test_evaluation_loads_the_ema_weights(tmp_path, monkeypatch):
-    from lightning_pref.cli import main
+    from lightning_pref.__main__ import main
     from lightning_pref.runs import find_run, load_module
 
     monkeypatch.chdir(Path(__file__).parents[2])

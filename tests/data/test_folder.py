@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch.testing import assert_close
 
-from lightning_pref.cli import main
+from lightning_pref.__main__ import main
 from lightning_pref.data import (
     ImageTransform,
     PairFolderDataModule,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning import Trainer
 
-from lightning_pref.cli import main
+from lightning_pref.__main__ import main
 from lightning_pref.data import (
     CachedPairDataModule,
     CachedPairs,

@@ -14,7 +14,7 @@ from jsonargparse import ArgumentParser
 from PIL import Image
 from torch.testing import assert_close
 
-from lightning_pref.cli import main
+from lightning_pref.__main__ import main
 from lightning_pref.data import (
     SMPO_SCORE_MAX,
     SMPO_SCORE_MIN,

@@ -5,13 +5,8 @@ import pytest
 
 from lightning_pref.data import PickAPicDataModule
 from lightning_pref.data.fake import PICKAPIC_SCHEMA
-from lightning_pref.minipick.assets import (
-    MANIFEST,
-    AssetSettings,
-    MiniPickAssets,
-    ensure_asset,
-    is_complete,
-)
+from lightning_pref.minipick.assets import MiniPickAssets
+from lightning_pref.minipick.store import MANIFEST, AssetSettings, ensure_asset, is_complete
 
 TINY = AssetSettings(
     base_source="train",
@@ -111,7 +106,8 @@ def test_settings_change_the_folder_name(tmp_path):
 
 
 def test_minipick_base_against_itself_is_exactly_half_and_deterministic(assets):
-    from lightning_pref.evaluation import GoldScorer, evaluate_policies
+    from lightning_pref.evaluation.compare import SamplingOptions, evaluate_policies
+    from lightning_pref.evaluation.scorers import GoldScorer
     from lightning_pref.minipick.world import prompts
     from lightning_pref.models import DiffusionPolicy
 
@@ -123,9 +119,9 @@ def test_minipick_base_against_itself_is_exactly_half_and_deterministic(assets):
         gold="gold",
         num_samples=24,
         seed=3,
-        num_steps=3,
-        samples_per_prompt_for_diversity=2,
-        num_diversity_prompts=2,
+        options=SamplingOptions(
+            num_steps=3, samples_per_prompt_for_diversity=2, num_diversity_prompts=2
+        ),
     )
     first = evaluate_policies(base, base, **kwargs)
     assert first.win_rate == 0.5 and first.ties == 24

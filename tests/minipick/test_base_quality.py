@@ -10,8 +10,9 @@ from types import ModuleType
 
 import pytest
 
-from lightning_pref.minipick.assets import MANIFEST, MiniPickAssets
+from lightning_pref.minipick.assets import MiniPickAssets
 from lightning_pref.minipick.build import base_quality
+from lightning_pref.minipick.store import MANIFEST
 from lightning_pref.models.policy import DiffusionPolicy
 
 pytestmark = pytest.mark.minipick

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 import lightning_pref.minipick.base_weights as bw
 from lightning_pref.errors import ConfigError, DataError
-from lightning_pref.minipick.assets import MANIFEST, AssetSettings, MiniPickAssets, is_complete
+from lightning_pref.minipick.assets import MiniPickAssets
+from lightning_pref.minipick.store import MANIFEST, AssetSettings, is_complete
 from lightning_pref.models.policy import DiffusionPolicy
 
 
@@ -66,7 +67,7 @@ def test_other_base_settings_need_training(tmp_path):
 def test_rebuilding_from_scratch_gives_an_equivalent_base(tmp_path):
     """`python -m lightning_pref minipick-base --out DIR` (about 10 min on 2 cores): the same
     training run on this machine gives the same quality on the test prompts (±0.05 fidelity)."""
-    from lightning_pref.cli import main
+    from lightning_pref.__main__ import main
 
     main(["minipick-base", "--out", str(tmp_path)])
     rebuilt = json.loads((tmp_path / "base.json").read_text())

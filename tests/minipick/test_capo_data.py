@@ -21,7 +21,7 @@ from lightning_pref.minipick.aesthetic import (
     colourfulness,
     rms_contrast,
 )
-from lightning_pref.minipick.assets import MiniPickAssets, ensure_asset, is_complete
+from lightning_pref.minipick.assets import MiniPickAssets
 from lightning_pref.minipick.build import ScratchMiniPickPolicy
 from lightning_pref.minipick.capo_data import (
     CaPOSettings,
@@ -32,6 +32,7 @@ from lightning_pref.minipick.capo_data import (
     sample_candidates,
 )
 from lightning_pref.minipick.proxy import MiniPickScore, ProxyConfig
+from lightning_pref.minipick.store import ensure_asset, is_complete
 from lightning_pref.minipick.world import prompts
 
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.testing import assert_close
 
-import lightning_pref.minipick.proxy as proxy_module
+import lightning_pref.minipick.assets as assets_module
 from lightning_pref.minipick import (
     AssetSettings,
     GoldRater,
@@ -30,7 +30,7 @@ from lightning_pref.minipick import (
     pickscore_loss,
     sample_scenes,
 )
-from lightning_pref.minipick.assets import MANIFEST, ensure_asset, is_complete
+from lightning_pref.minipick.store import MANIFEST, ensure_asset, is_complete
 from lightning_pref.scoring import Scorer
 
 RATER = GoldRater()
@@ -229,7 +229,7 @@ def test_proxy_dir_builds_once_and_reuses(tmp_path, monkeypatch):
     def no_rebuild(*args):
         raise AssertionError("a complete proxy must be reused")
 
-    monkeypatch.setattr(proxy_module, "train_proxy", no_rebuild)
+    monkeypatch.setattr(assets_module, "train_proxy", no_rebuild)
     assert assets.proxy_dir() == folder
     model = MiniPickScore.from_pretrained(folder)
     val = splits["validation"]

@@ -7,12 +7,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import lightning_pref.data.scored as scored_module
+import lightning_pref.minipick.assets as assets_module
 from lightning_pref.data import ScoreLabels, decode_image, write_fake_pickapic
 from lightning_pref.data.transforms import to_tensor
-from lightning_pref.minipick.assets import MiniPickAssets, ensure_asset, is_complete
+from lightning_pref.minipick.assets import MiniPickAssets
 from lightning_pref.minipick.data import MiniPickDataModule
 from lightning_pref.minipick.proxy import MiniPickScore, ProxyConfig
+from lightning_pref.minipick.store import ensure_asset, is_complete
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def test_scored_pairs_dir_scores_with_the_proxy_once(fake_assets, monkeypatch):
     def no_rescore(*args, **kwargs):
         raise AssertionError("complete scored pairs must be reused")
 
-    monkeypatch.setattr(scored_module, "score_pairs", no_rescore)
+    monkeypatch.setattr(assets_module, "score_pairs", no_rescore)
     assert fake_assets.scored_pairs_dir() == folder
 
 

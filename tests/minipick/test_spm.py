@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torch.testing import assert_close
 
-import lightning_pref.minipick.spm_train as spm_train
-from lightning_pref.cli import main
+import lightning_pref.minipick.assets as assets_module
+from lightning_pref.__main__ import main
 from lightning_pref.minipick import (
     GoldRater,
     MiniPickAssets,
@@ -33,10 +33,10 @@ from lightning_pref.minipick import (
     sample_scenes,
     train_spm,
 )
-from lightning_pref.minipick.assets import MANIFEST, ensure_asset, is_complete
 from lightning_pref.minipick.model import build_minipick_components
 from lightning_pref.minipick.spm_data import sample_examples
 from lightning_pref.minipick.spm_train import ScoredPair
+from lightning_pref.minipick.store import MANIFEST, ensure_asset, is_complete
 from lightning_pref.models import DiffusionPolicy
 from lightning_pref.scoring import Scorer
 
@@ -266,13 +266,13 @@ def test_tiny_training_beats_chance_and_exports(assets, tmp_path):
 
 
 def test_spm_dir_builds_once_and_the_scorer_loads_it(assets, monkeypatch):
-    calls, original = [], spm_train.train_spm
+    calls, original = [], assets_module.train_spm
 
     def quick(*args, **kwargs):
         calls.append(1)
         return original(*args, max_steps=4, draws_per_pair=1)
 
-    monkeypatch.setattr(spm_train, "train_spm", quick)
+    monkeypatch.setattr(assets_module, "train_spm", quick)  # the builder assets.py calls
     folder = assets.spm_dir()
     assert folder.name.startswith("spm-") and is_complete(folder) and assets.spm_dir() == folder
     assert len(calls) == 1  # complete: reused

@@ -10,7 +10,7 @@ import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from torch.testing import assert_close
 
-from lightning_pref.cli import main
+from lightning_pref.__main__ import main
 from lightning_pref.errors import ConfigError, ModelLoadError
 from lightning_pref.models import (
     DiffusionPolicy,
@@ -23,8 +23,8 @@ from lightning_pref.models import (
     save_tiny_vae,
     unpack_sdxl_conditioning,
 )
+from lightning_pref.models.sampling import sample_images
 from lightning_pref.runs import load_module
-from lightning_pref.sampling import sample_images
 
 ROOT = Path(__file__).parents[2]
 CAPTIONS = ["a red circle", "a blue square"]
@@ -234,26 +234,17 @@ def test_cfg_sampling_uses_zero_uncond(sdxl_policy):
 
 
 # ------------------------------------------------------------------ 2-step runs
-def _fit(config: str, folder: Path, save_dir: Path, lora: bool, monkeypatch) -> Path:
+def _fit(fit_tiny, config: str, folder: Path, save_dir: Path, lora: bool) -> Path:
     """Train 2 steps of ``config`` with the policy loaded from ``folder``; return the version."""
-    monkeypatch.chdir(ROOT)
-    monkeypatch.syspath_prepend(str(ROOT / "tests" / "resume"))  # the SPO configs' scorer
     policy = "--model.init_args.policy"
-    args = ["fit", "--config", str(ROOT / "tests" / "configs" / config)]
-    args += ["--trainer.max_steps=2", "--trainer.enable_progress_bar=false"]
-    args += ["--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0"]
-    args += [f"--trainer.logger.init_args.save_dir={save_dir}"]
-    args += [f"{policy}=lightning_pref.models.DiffusionPolicy"]
-    args += [
+    args = [
+        f"{policy}=lightning_pref.models.DiffusionPolicy",
         f"{policy}.init_args.pretrained={folder}",
-        "--model.init_args.optimizer.init_args.lr=1.0e-3",
     ]
+    args += ["--model.init_args.optimizer.init_args.lr=1.0e-3"]
     if lora:
         args += [f"{policy}.init_args.lora_rank=4"]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
-        main(args)
-    return next(p for p in save_dir.rglob("version_*"))
+    return fit_tiny(config, save_dir, *args)
 
 
 RUNS = [
@@ -267,8 +258,8 @@ RUNS = [
 @pytest.mark.parametrize(
     ("config", "lora"), RUNS, ids=["dpo-lora", "dpo-full", "spo-lora", "spo-full"]
 )
-def test_two_steps_train_and_change_samples(config, lora, sdxl_dir, tmp_path, monkeypatch):
-    version = _fit(config, sdxl_dir, tmp_path, lora, monkeypatch)
+def test_two_steps_train_and_change_samples(config, lora, sdxl_dir, tmp_path, fit_tiny):
+    version = _fit(fit_tiny, config, sdxl_dir, tmp_path, lora)
     ckpt = version / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=True)
     assert saved["global_step"] == 2
@@ -287,8 +278,8 @@ def test_two_steps_train_and_change_samples(config, lora, sdxl_dir, tmp_path, mo
     assert (images[0] - images[1]).abs().max() > 1e-5
 
 
-def test_evaluate_cli_on_a_trained_sdxl_run(sdxl_dir, tmp_path, monkeypatch):
-    version = _fit("tiny_dpo_sdxl.yaml", sdxl_dir, tmp_path / "runs", True, monkeypatch)
+def test_evaluate_cli_on_a_trained_sdxl_run(sdxl_dir, tmp_path, monkeypatch, fit_tiny):
+    version = _fit(fit_tiny, "tiny_dpo_sdxl.yaml", sdxl_dir, tmp_path / "runs", True)
     clip = save_tiny_clip(tmp_path / "clip")
     (tmp_path / "prompts.txt").write_text("a red circle\na blue square\n")
     scorer = {"class_path": "lightning_pref.scoring.PretrainedPickScore"}

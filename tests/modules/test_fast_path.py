@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from lightning_pref.cli import main
+from lightning_pref.__main__ import main
 from lightning_pref.errors import ConfigError
 from lightning_pref.models import FastPath, TinyDiffusionPolicy
 from lightning_pref.modules import OfflinePairModule

@@ -11,7 +11,7 @@ from lightning_pref.errors import ConfigError
 from lightning_pref.models import TinyDiffusionPolicy
 from lightning_pref.modules import OfflinePairModule
 from lightning_pref.objectives import SFT, DiffusionDPO
-from lightning_pref.optim import ConstantWithWarmup
+from lightning_pref.training.optim import ConstantWithWarmup
 
 ASSETS = Path(__file__).parents[1] / "assets" / "pickapic_tiny"
 
@@ -121,7 +121,7 @@ def test_lr_schedules_by_hand():
     """ConstantWithWarmup(4): 0, 1/4, 2/4, 3/4, 1, 1. WarmupCosine(total 6, warmup 2, floor 0.1):
     0, 1/2, then 0.1 + 0.9 * (1 + cos(pi * k / 4)) / 2 for k = 0..4 -> 1, 0.8682, 0.55, 0.2318, 0.1.
     """
-    from lightning_pref.optim import WarmupCosine
+    from lightning_pref.training.optim import WarmupCosine
 
     def lrs(make, n):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)

@@ -10,9 +10,9 @@ from lightning import Trainer
 from lightning_pref import objectives
 from lightning_pref.data import PromptDataModule, StepPoolSampler
 from lightning_pref.models import TinyDiffusionPolicy
+from lightning_pref.models.sampling import ddim_step
 from lightning_pref.modules import StepPoolModule
 from lightning_pref.objectives import SPO, StepObjective, TailorPO
-from lightning_pref.sampling import ddim_step
 from lightning_pref.scoring.base import Scorer
 from lightning_pref.types import PromptBatch
 

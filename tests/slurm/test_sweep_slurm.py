@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_pref.sweep_summary import write_summary
+from lightning_pref.commands.sweep.summary import write_summary
 
 ROOT = Path(__file__).parents[2]
 TINY = "tests/configs/tiny_dpo.yaml"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from jsonargparse import ArgumentParser
-
+from lightning_pref.cli import parse_dataclass
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.scoring import Scorer
 
@@ -14,7 +13,6 @@ __all__ = [
     "MINIPICK_NUM_STEPS",
     "EvaluateArgs",
     "default_num_steps",
-    "evaluate_parser",
     "parse_evaluate_args",
 ]
 
@@ -89,16 +87,6 @@ def default_num_steps(policy: DiffusionPolicy) -> int:
     return MINIPICK_NUM_STEPS if isinstance(policy, MiniPickPolicy) else DEFAULT_NUM_STEPS
 
 
-def evaluate_parser() -> ArgumentParser:
-    """The parser of ``evaluate`` (``--config`` YAML too); errors raise ``ArgumentError``."""
-    parser = ArgumentParser(prog="python -m lightning_pref evaluate", exit_on_error=False)
-    parser.add_argument("--config", action="config", help="a YAML file of these arguments")
-    parser.add_class_arguments(EvaluateArgs, as_group=False)
-    return parser
-
-
 def parse_evaluate_args(argv: list[str]) -> EvaluateArgs:
-    """Parse ``evaluate``'s arguments and build the scorers they name."""
-    parser = evaluate_parser()
-    config = vars(parser.instantiate(parser.parse_args(argv)))
-    return EvaluateArgs(**{f.name: config[f.name] for f in fields(EvaluateArgs)})
+    """Parse ``evaluate``'s arguments (``--config`` YAML too) and build the scorers they name."""
+    return parse_dataclass(EvaluateArgs, argv, "python -m lightning_pref evaluate", True)

@@ -2,25 +2,27 @@
 
 Both models sample the same prompts with the same per-sample seeds (sample ``i`` draws all its
 noise from a generator seeded by ``(seed, i)``, whatever the batch size), so base against base
-gives identical images. CLI: ``python -m lightning_pref evaluate`` (:mod:`lightning_pref.eval_cli`).
+gives identical images. CLI: ``python -m lightning_pref evaluate``
+(:mod:`lightning_pref.commands.evaluate`).
 
 - **Win rates** (the gold scorer's is the headline) with 95 % CIs, and every scorer's median, mean
-  and std for each model: :mod:`lightning_pref.eval_report`.
+  and std for each model: :mod:`lightning_pref.evaluation.report`.
 - **Diversity**: ``k`` images with different seeds for each of the first few prompts; the mean
   over prompts and image pairs of the RMS pixel distance ``||x_a - x_b||_2 / sqrt(3HW)`` of
   images in [-1, 1] (0: identical, 2: opposite). A win rate that rises while diversity collapses
   means the model found one image the scorer likes (mode collapse, reward hacking).
 - **Implicit accuracy** on validation pairs (:func:`implicit_accuracy`).
-- **Negative-model guidance** (Diffusion-NPO, Self-NPO; :mod:`lightning_pref.negative`): either
+- **Negative-model guidance** (Diffusion-NPO, Self-NPO; :mod:`lightning_pref.models.negative`):
+  either
   model can sample with a second network in CFG's unconditional branch (``base_negative``,
   ``tuned_negative``), with the same seeds.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,98 +35,47 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lightning_pref.errors import ConfigError, DataError
-from lightning_pref.eval_report import (
-    TIE_TOLERANCE,
-    Z_95,
-    EvalReport,
-    ScoreStats,
-    score_stats,
-    win_stats,
-)
-from lightning_pref.eval_scorers import GoldScorer, ProxyScorer, default_scorers
+from lightning_pref.evaluation.report import EvalReport, report_from_scores
 from lightning_pref.models.policy import DiffusionPolicy
+from lightning_pref.models.sampling import Denoiser, derive_seed, sample_plan, sample_seeded
 from lightning_pref.modules.base import PreferenceModule
 from lightning_pref.modules.offline import OfflinePairModule
 from lightning_pref.objectives import DiffusionDPO
 from lightning_pref.objectives.functional import mse_diff
-from lightning_pref.sampling import Denoiser, cfg_predict, ddim_step, ddim_timesteps
 from lightning_pref.scoring import Scorer
 
 __all__ = [
-    "TIE_TOLERANCE",
-    "Z_95",
-    "EvalReport",
-    "GoldScorer",
-    "ProxyScorer",
-    "ScoreStats",
-    "default_scorers",
-    "derive_seed",
-    "evaluate_main",
+    "SamplingOptions",
     "evaluate_policies",
     "implicit_accuracy",
-    "sample_plan",
-    "sample_seeded",
+    "pixel_diversity",
+    "sample_and_score",
     "save_grid",
 ]
 
-# Kept importable from here (the base-model cache and older callers use these names).
-_score_stats = score_stats
-_win_stats = win_stats
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How both models are sampled (DDIM with CFG) and how their diversity is measured."""
+
+    num_steps: int = 10  # DDIM steps
+    guidance_scale: float = 5.0  # classifier-free guidance weight
+    eta: float = 0.0  # DDIM eta
+    batch_size: int = 64  # images per sampling batch
+    samples_per_prompt_for_diversity: int = 4  # images per prompt for diversity; < 2 skips it
+    num_diversity_prompts: int = 8  # diversity uses the first this many distinct prompts
+
+    @property
+    def sampler(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~lightning_pref.models.sampling.sample_seeded`."""
+        return {"num_steps": self.num_steps, "guidance_scale": self.guidance_scale, "eta": self.eta}
+
+    def diversity_subset(self, prompts: Sequence[str]) -> list[str]:
+        """The distinct prompts diversity is measured on."""
+        return list(dict.fromkeys(prompts))[: self.num_diversity_prompts]
 
 
-def derive_seed(seed: int, *keys: object) -> int:
-    """A 63-bit seed hashed from ``seed`` and ``keys`` (nearby keys give unrelated streams)."""
-    key = "/".join(str(k) for k in (seed, *keys)).encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
-
-
-def sample_plan(prompts: Sequence[str], num_samples: int, seed: int) -> tuple[list[str], list[int]]:
-    """Captions (``prompts`` cycled) and per-sample seeds ``derive_seed(seed, "sample", i)``."""
-    if not prompts:
-        raise ConfigError("no prompts to evaluate on")
-    captions = [prompts[i % len(prompts)] for i in range(num_samples)]
-    return captions, [derive_seed(seed, "sample", i) for i in range(num_samples)]
-
-
-@torch.no_grad()
-def sample_seeded(
-    policy: DiffusionPolicy,
-    captions: Sequence[str],
-    seeds: Sequence[int],
-    num_steps: int = 10,
-    guidance_scale: float = 5.0,
-    eta: float = 0.0,
-    uncond_denoiser: Denoiser | None = None,
-) -> Tensor:
-    """DDIM + CFG as :func:`~lightning_pref.sampling.sample_images`, with one generator per image.
-
-    Image ``i`` draws x_T and every step's noise from a generator seeded with ``seeds[i]`` in the
-    order ``sample_images`` draws them, so one caption gives exactly ``sample_images`` with that
-    seed, and an image does not depend on the rest of its batch. ``uncond_denoiser`` replaces the
-    unconditional branch (negative-model guidance, as in ``sample_images``). Returns
-    ``[N, 3, H, W]``.
-    """
-    device = policy.alphas_cumprod.device
-    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-    cfg = policy.unet.config
-    shape = (1, cfg.in_channels, cfg.sample_size, cfg.sample_size)
-
-    def draw() -> Tensor:
-        return torch.cat([torch.randn(shape, generator=g, device=device) for g in gens])
-
-    cond = policy.encode_prompt(list(captions))  # [N, L, D]
-    uncond = policy.encode_prompt([""] * len(captions))
-    x = draw()  # [N, C, h, w] x_T
-    ratio = policy.num_train_timesteps // num_steps
-    for t_int in ddim_timesteps(policy.num_train_timesteps, num_steps):
-        t = torch.full((len(captions),), t_int, device=device, dtype=torch.long)
-        out = cfg_predict(policy, x, t, cond, uncond, guidance_scale, uncond_denoiser)
-        step = ddim_step(policy, out, x, t, t - ratio, eta, prev_sample=x)  # mean, std only
-        x = step.mean + step.std.view(-1, 1, 1, 1) * draw()  # [N, C, h, w] x_{t-1}
-    return policy.decode_latents(x)
-
-
-def _sample_and_score(
+def sample_and_score(
     policy: DiffusionPolicy,
     plan: tuple[list[str], list[int]],
     scorers: dict[str, Scorer],
@@ -158,7 +109,7 @@ def _sample_and_score(
     return {name: torch.cat(values) for name, values in scores.items()}
 
 
-def _diversity(
+def pixel_diversity(
     policy: DiffusionPolicy, prompts: list[str], seed: int, k: int, **sampling: Any
 ) -> float:
     """Mean over prompts and image pairs of the RMS pixel distance of ``k`` images per prompt."""
@@ -181,12 +132,7 @@ def evaluate_policies(
     gold: str,
     num_samples: int,
     seed: int,
-    num_steps: int = 10,
-    guidance_scale: float = 5.0,
-    eta: float = 0.0,
-    batch_size: int = 64,
-    samples_per_prompt_for_diversity: int = 4,
-    num_diversity_prompts: int = 8,
+    options: SamplingOptions | None = None,
     base_negative: Denoiser | None = None,
     tuned_negative: Denoiser | None = None,
 ) -> EvalReport:
@@ -200,12 +146,7 @@ def evaluate_policies(
         gold: the scorer that decides wins.
         num_samples: images per model.
         seed: seed of every draw.
-        num_steps: DDIM steps.
-        guidance_scale: classifier-free guidance weight.
-        eta: DDIM eta.
-        batch_size: images per sampling batch.
-        samples_per_prompt_for_diversity: images per prompt for diversity; < 2 skips it.
-        num_diversity_prompts: diversity uses the first this many distinct prompts.
+        options: the sampler and the diversity measurement (default :class:`SamplingOptions`).
         base_negative: the baseline's unconditional-branch network (negative guidance); None:
             ordinary CFG.
         tuned_negative: the same for the tuned policy.
@@ -215,41 +156,24 @@ def evaluate_policies(
     """
     if gold not in scorers:
         raise ConfigError(f"the gold scorer '{gold}' is not among the scorers {sorted(scorers)}")
+    options = options or SamplingOptions()
     plan = sample_plan(list(prompts), num_samples, seed)
-    sampling = {"num_steps": num_steps, "guidance_scale": guidance_scale, "eta": eta}
+    sampling = options.sampler
     models = (("base", base, base_negative), ("tuned", tuned, tuned_negative))
     base_s, tuned_s = (
-        _sample_and_score(
-            p, plan, scorers, batch_size, f"sampling {name}", uncond_denoiser=n, **sampling
+        sample_and_score(
+            p, plan, scorers, options.batch_size, f"sampling {name}", uncond_denoiser=n, **sampling
         )
         for name, p, n in models
     )
-    rate, ci, counts = win_stats(tuned_s[gold], base_s[gold])
-    stats = {name: score_stats(base_s[name], tuned_s[name]) for name in base_s}
-    diversity: list[float | None] = [None, None]
-    if samples_per_prompt_for_diversity >= 2:
-        subset = list(dict.fromkeys(prompts))[:num_diversity_prompts]
-        k = samples_per_prompt_for_diversity
-        diversity = [
-            _diversity(p, subset, seed, k, **sampling, uncond_denoiser=n) for _, p, n in models
-        ]
-    return EvalReport(
-        gold=gold,
-        win_rate=rate,
-        win_rate_ci=ci,
-        wins=counts[0],
-        ties=counts[1],
-        losses=counts[2],
-        scores=stats,
-        diversity_base=diversity[0],
-        diversity_tuned=diversity[1],
-        num_samples=num_samples,
-        num_prompts=len(set(plan[0])),
-        seed=seed,
-        num_steps=num_steps,
-        guidance_scale=float(guidance_scale),
-        eta=float(eta),
-    )
+    diversity: tuple[float | None, float | None] = (None, None)
+    if (k := options.samples_per_prompt_for_diversity) >= 2:
+        subset = options.diversity_subset(prompts)
+        base_d, tuned_d = (
+            pixel_diversity(p, subset, seed, k, **sampling, uncond_denoiser=n) for _, p, n in models
+        )
+        diversity = (base_d, tuned_d)
+    return report_from_scores(gold, base_s, tuned_s, diversity, plan, sampling, seed)
 
 
 @torch.no_grad()
@@ -332,10 +256,3 @@ def save_grid(
     legend = [f"{i + 1}. {c}" for i, c in enumerate(captions[:n])]
     path.with_suffix(".txt").write_text("rows: baseline, tuned; columns:\n" + "\n".join(legend))
     return torch.from_numpy(np.array(grid)).permute(2, 0, 1)
-
-
-def evaluate_main(argv: list[str]) -> EvalReport:
-    """``python -m lightning_pref evaluate``: :func:`lightning_pref.eval_cli.evaluate_run`."""
-    from lightning_pref.eval_cli import evaluate_run  # eval_cli builds on this module
-
-    return evaluate_run(argv)

@@ -11,8 +11,9 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from lightning_pref.cli import RaisingArgumentParser
 from lightning_pref.errors import ConfigError
 
 __all__ = [
@@ -41,14 +42,6 @@ class SweepArgs:
     slurm: dict[str, Any] = field(default_factory=dict)
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argparse parser that raises ``ArgumentError`` (the CLI prints it as one line)."""
-
-    def error(self, message: str) -> NoReturn:
-        """Raise instead of printing the usage and exiting."""
-        raise argparse.ArgumentError(None, message)
-
-
 _EXAMPLES = """examples:
   python -m lightning_pref sweep --config tests/configs/tiny_dpo.yaml \\
       --grid model.init_args.objective.init_args.beta=2000,5000 --seeds 0,1 --dry_run
@@ -57,12 +50,12 @@ _EXAMPLES = """examples:
       --partition gpu --gpus_per_node 8 --time 24:00:00 --fit_args '--trainer.devices 8'
   python -m lightning_pref sweep --summary runs/dpo_sd15_sweep
 
-The module docstring of lightning_pref.sweep describes names, layout and resume."""
+The module docstring of lightning_pref.commands.sweep.run describes names, layout and resume."""
 
 
 def parser() -> argparse.ArgumentParser:
     """The argparse parser of ``sweep``, ``--summary`` mode included."""
-    p = _Parser(
+    p = RaisingArgumentParser(
         prog="python -m lightning_pref sweep",
         description="A grid of fit runs x seeds, run one after another or as a SLURM array.",
         epilog=_EXAMPLES,

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from lightning_pref.commands.sweep.plan import short_names  # one naming rule for runs and columns
 from lightning_pref.errors import ConfigError
 
 __all__ = ["DEFAULT_METRICS", "event_scalars", "is_finished", "read_run", "write_summary"]
@@ -166,8 +167,6 @@ def format_markdown(summary: dict[str, Any]) -> str:
     """The runs table and the per-grid-point table, as Markdown."""
     metrics, runs = summary["metrics"], summary["runs"]
     keys = list(runs[0]["values"]) if runs else []
-    from lightning_pref.sweep import short_names  # one naming rule for run names and columns
-
     labels = short_names(keys)
     lines = [f"# Sweep {summary['sweep']}", "", f"{len(runs)} runs.", ""]
     lines += [_row(["run", *(labels[k] for k in keys), "seed", "status", "step", *metrics])]

@@ -15,11 +15,20 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["TIE_TOLERANCE", "Z_95", "EvalReport", "ScoreStats", "score_stats", "win_stats"]
+__all__ = [
+    "TIE_TOLERANCE",
+    "Z_95",
+    "EvalReport",
+    "ScoreStats",
+    "report_from_scores",
+    "score_stats",
+    "win_stats",
+]
 
 TIE_TOLERANCE = 1e-6
 Z_95 = 1.959964  # two-sided 95 % quantile of the normal distribution
@@ -61,7 +70,7 @@ class EvalReport:
     implicit_acc: float | None = None  # DPO implicit accuracy on validation pairs
     tuned: str = "tuned"  # what was evaluated (the checkpoint, in the CLI)
     baseline: str = "base"
-    sampler: str = "DDIM"  # the sampler's name (lightning_pref.sampling)
+    sampler: str = "DDIM"  # the sampler's name (lightning_pref.models.sampling)
     negative: str | None = None  # negative model in the tuned model's unconditional branch
     baseline_negative: str | None = None  # the same for the baseline
     merge_weight: float | None = None  # m of negative guidance (METHODS §11.1); None: no negative
@@ -133,3 +142,37 @@ def score_stats(base: Tensor, tuned: Tensor) -> ScoreStats:
     medians = [float(torch.quantile(x, 0.5)) for x in (base, tuned)]
     rate, ci, _ = win_stats(tuned, base)
     return ScoreStats(*moments, *medians, win_rate=rate, win_rate_ci=ci)
+
+
+def report_from_scores(
+    gold: str,
+    base_s: dict[str, Tensor],
+    tuned_s: dict[str, Tensor],
+    diversity: tuple[float | None, float | None],
+    plan: tuple[list[str], list[int]],
+    sampling: dict[str, Any],
+    seed: int,
+) -> EvalReport:
+    """The :class:`EvalReport` of two models' scores of the same samples (``gold`` decides wins).
+
+    ``plan`` is the captions and seeds sampled, ``sampling`` the sampler settings
+    (``num_steps``, ``guidance_scale``, ``eta``) and ``diversity`` (base, tuned) or Nones.
+    """
+    rate, ci, counts = win_stats(tuned_s[gold], base_s[gold])
+    return EvalReport(
+        gold=gold,
+        win_rate=rate,
+        win_rate_ci=ci,
+        wins=counts[0],
+        ties=counts[1],
+        losses=counts[2],
+        scores={name: score_stats(base_s[name], tuned_s[name]) for name in tuned_s},
+        diversity_base=diversity[0],
+        diversity_tuned=diversity[1],
+        num_samples=len(plan[0]),
+        num_prompts=len(set(plan[0])),
+        seed=seed,
+        num_steps=sampling["num_steps"],
+        guidance_scale=float(sampling["guidance_scale"]),
+        eta=float(sampling["eta"]),
+    )

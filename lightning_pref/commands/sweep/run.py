@@ -14,8 +14,8 @@ lives in ``ROOT/NAME`` (``--root``, default ``runs``):
 - ``<run>/version_0/``: the run (TensorBoard logs, ``config.yaml``, checkpoints, ``metrics.json``);
 - ``<run>/fit.log`` and ``<run>/launch.json`` (exit code, seconds) with ``--launcher local``;
 - ``slurm/sweep.sbatch`` and ``slurm/<job>_<task>.out`` with ``--launcher slurm``
-  (:mod:`lightning_pref.sweep_slurm`);
-- ``summary.md`` and ``summary.json`` (:mod:`lightning_pref.sweep_summary`).
+  (:mod:`lightning_pref.commands.sweep.slurm`);
+- ``summary.md`` and ``summary.json`` (:mod:`lightning_pref.commands.sweep.summary`).
 
 Each run is one ``fit`` command, run from the directory the sweep was started in::
 
@@ -36,136 +36,26 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import itertools
 import json
-import os
-import re
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from lightning_pref.commands.sweep.args import metric_list, parse_args, parser
+from lightning_pref.commands.sweep.plan import Run, Sweep, make_sweep
+from lightning_pref.commands.sweep.summary import is_finished, write_summary
 from lightning_pref.errors import ConfigError
-from lightning_pref.sweep_args import SweepArgs, metric_list, parse_args, parser
-from lightning_pref.sweep_summary import is_finished, write_summary
 
-__all__ = ["Run", "Sweep", "SweepArgs", "make_sweep", "parse_args", "sweep_main"]
-
-LOGGER = "lightning.pytorch.loggers.TensorBoardLogger"
-
-
-@dataclass(frozen=True)
-class Run:
-    """One ``fit`` of the sweep: a grid point and a seed."""
-
-    name: str
-    values: dict[str, str]  # grid key -> value, in --grid order
-    seed: int
-    command: list[str]
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """The plan: where the sweep lives and its runs, in order."""
-
-    name: str
-    dir: Path  # ROOT/NAME, relative to workdir when ROOT is
-    workdir: Path  # absolute: every run starts here
-    args: SweepArgs
-    runs: list[Run]
-
-    def run_dir(self, run: Run) -> Path:
-        """The run's folder (``fit.log``, ``launch.json``, ``version_0/``)."""
-        return self.dir / run.name
-
-    def to_json(self) -> dict[str, Any]:
-        """The content of ``sweep.json``."""
-        return {
-            "name": self.name,
-            "workdir": str(self.workdir),
-            "python": _python(),
-            "configs": self.args.configs,
-            "grid": dict(self.args.grid),
-            "seeds": self.args.seeds,
-            "fit_args": self.args.fit_args,
-            "launcher": self.args.launcher,
-            "metrics": self.args.metrics,
-            "runs": [
-                {"name": r.name, "values": r.values, "seed": r.seed, "command": r.command}
-                for r in self.runs
-            ],
-        }
-
-
-def short_names(keys: list[str]) -> dict[str, str]:
-    """Each key's name in run names: its last segment (not ``init_args``); more where they clash."""
-    parts = {k: [s for s in k.split(".") if s != "init_args"] or [k] for k in keys}
-    length = dict.fromkeys(keys, 1)
-    while True:
-        names = {k: ".".join(parts[k][-length[k] :]) for k in keys}
-        clashing = [k for k in keys if list(names.values()).count(names[k]) > 1]
-        longer = [k for k in clashing if length[k] < len(parts[k])]
-        if not longer:
-            return names  # unique, or as long as they get (make_sweep rejects equal run names)
-        for k in longer:
-            length[k] += 1
-
-
-def value_label(value: str) -> str:
-    """A value as it appears in a run name: a class path's last part, unsafe characters as -."""
-    if re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", value):
-        value = value.rsplit(".", 1)[1]
-    return re.sub(r"[^A-Za-z0-9._+-]", "-", value)
-
-
-def fit_command(args: SweepArgs, save_dir: Path, name: str, seed: int, values: dict) -> list[str]:
-    """The ``fit`` command line of one run (module docstring)."""
-    logger = "--trainer.logger"
-    command = [_python(), "-m", "lightning_pref", "fit"]
-    for config in args.configs:
-        command += ["--config", config]
-    command += ["--seed_everything", str(seed), f"{logger}.class_path", LOGGER]
-    command += [f"{logger}.init_args.save_dir", str(save_dir)]
-    command += [f"{logger}.init_args.name", name, f"{logger}.init_args.version", "0"]
-    command += ["--ckpt_path", "last"]
-    for key, value in values.items():
-        command += [f"--{key}", value]
-    return command + args.fit_args
-
-
-def make_sweep(args: SweepArgs, workdir: Path | None = None) -> Sweep:
-    """Expand the grid × seeds into runs; run names must be unique."""
-    save_dir = Path(args.root) / args.name
-    labels = short_names([k for k, _ in args.grid])
-    runs: list[Run] = []
-    for point in itertools.product(*(values for _, values in args.grid)):
-        values = dict(zip([k for k, _ in args.grid], point, strict=True))
-        parts = [f"{labels[k]}={value_label(v)}" for k, v in values.items()]
-        for seed in args.seeds:
-            name = "_".join([*parts, f"seed={seed}"])
-            runs.append(Run(name, values, seed, fit_command(args, save_dir, name, seed, values)))
-    by_name: dict[str, Run] = {}
-    for run in runs:
-        if run.name in by_name:
-            other = by_name[run.name].values
-            raise ConfigError(f"grid points {other} and {run.values} both make run '{run.name}'")
-        by_name[run.name] = run
-    return Sweep(args.name, save_dir, (workdir or Path.cwd()).resolve(), args, runs)
-
-
-def _python() -> str:
-    """This interpreter by absolute path, symlinks kept (a venv's python is a link)."""
-    return os.path.abspath(sys.executable)
+__all__ = ["launch_local", "main", "runs_to_launch", "validate", "write_plan"]
 
 
 def validate(sweep: Sweep) -> None:
     """Parse each grid point's command in ``--print_config`` mode; raise on the first error."""
-    from lightning_pref.cli import PreferenceCLI, _user_error, condense_parse_error
+    from lightning_pref.cli import PreferenceCLI, condense_parse_error
+    from lightning_pref.errors import user_error
 
     checked: set[tuple[tuple[str, str], ...]] = set()
     for run in sweep.runs:
@@ -183,10 +73,10 @@ def validate(sweep: Sweep) -> None:
         except argparse.ArgumentError as err:
             raise ConfigError(f"run {run.name}: {condense_parse_error(str(err))}") from None
         except Exception as err:
-            user_error = _user_error(err)
-            if user_error is None:
+            error = user_error(err)
+            if error is None:
                 raise
-            raise ConfigError(f"run {run.name}: {user_error}") from None
+            raise ConfigError(f"run {run.name}: {error}") from None
 
 
 def write_plan(sweep: Sweep) -> Path:
@@ -254,7 +144,7 @@ def print_runs(sweep: Sweep, runs: list[Run]) -> None:
         print(f"  {run.name}\n    {shlex.join(run.command)}")
 
 
-def sweep_main(argv: list[str]) -> None:
+def main(argv: list[str]) -> None:
     """``python -m lightning_pref sweep``: plan, check, launch and summarize a sweep.
 
     Args:
@@ -281,7 +171,7 @@ def sweep_main(argv: list[str]) -> None:
     runs = runs_to_launch(sweep, args.force, delete=not args.dry_run)
     print_runs(sweep, runs)
     if args.launcher == "slurm":
-        from lightning_pref.sweep_slurm import launch_slurm
+        from lightning_pref.commands.sweep.slurm import launch_slurm
 
         launch_slurm(sweep, runs)
         return

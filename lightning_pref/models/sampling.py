@@ -10,6 +10,7 @@ Song et al. (DDIM, Eq. 12) as the SPO code's ``ddim_with_logprob`` does (METHODS
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_pref.errors import ConfigError
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.objectives.functional import to_epsilon_and_x0, upcast
 
@@ -25,8 +27,11 @@ __all__ = [
     "cfg_predict",
     "ddim_step",
     "ddim_timesteps",
+    "derive_seed",
     "gaussian_logprob",
     "sample_images",
+    "sample_plan",
+    "sample_seeded",
 ]
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -148,7 +153,7 @@ def sample_images(
         eta: 0 = deterministic DDIM, 1 = DDPM-like.
         denoiser: ``(x_t, t, embeds) -> prediction``; default the policy's UNet.
         uncond_denoiser: a different network for the unconditional branch (negative guidance,
-            e.g. :class:`~lightning_pref.negative.NegativeGuidance`); None = ordinary CFG.
+            e.g. :class:`~lightning_pref.models.negative.NegativeGuidance`); None = ordinary CFG.
         latent_shape: ``(C, h, w)``; default the UNet's channels and sample size.
     """
     device = policy.alphas_cumprod.device
@@ -164,4 +169,56 @@ def sample_images(
         t = torch.full((len(captions),), t_int, device=device, dtype=torch.long)
         out = cfg_predict(denoiser, x, t, cond, uncond, guidance_scale, uncond_denoiser)
         x = ddim_step(policy, out, x, t, t - ratio, eta, generator).prev_sample
+    return policy.decode_latents(x)
+
+
+def derive_seed(seed: int, *keys: object) -> int:
+    """A 63-bit seed hashed from ``seed`` and ``keys`` (nearby keys give unrelated streams)."""
+    key = "/".join(str(k) for k in (seed, *keys)).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def sample_plan(prompts: Sequence[str], num_samples: int, seed: int) -> tuple[list[str], list[int]]:
+    """Captions (``prompts`` cycled) and per-sample seeds ``derive_seed(seed, "sample", i)``."""
+    if not prompts:
+        raise ConfigError("no prompts to evaluate on")
+    captions = [prompts[i % len(prompts)] for i in range(num_samples)]
+    return captions, [derive_seed(seed, "sample", i) for i in range(num_samples)]
+
+
+@torch.no_grad()
+def sample_seeded(
+    policy: DiffusionPolicy,
+    captions: Sequence[str],
+    seeds: Sequence[int],
+    num_steps: int = 10,
+    guidance_scale: float = 5.0,
+    eta: float = 0.0,
+    uncond_denoiser: Denoiser | None = None,
+) -> Tensor:
+    """DDIM + CFG as :func:`sample_images`, with one generator per image.
+
+    Image ``i`` draws x_T and every step's noise from a generator seeded with ``seeds[i]`` in the
+    order ``sample_images`` draws them, so one caption gives exactly ``sample_images`` with that
+    seed, and an image does not depend on the rest of its batch. ``uncond_denoiser`` replaces the
+    unconditional branch (negative-model guidance, as in ``sample_images``). Returns
+    ``[N, 3, H, W]``.
+    """
+    device = policy.alphas_cumprod.device
+    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    cfg = policy.unet.config
+    shape = (1, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+
+    def draw() -> Tensor:
+        return torch.cat([torch.randn(shape, generator=g, device=device) for g in gens])
+
+    cond = policy.encode_prompt(list(captions))  # [N, L, D]
+    uncond = policy.encode_prompt([""] * len(captions))
+    x = draw()  # [N, C, h, w] x_T
+    ratio = policy.num_train_timesteps // num_steps
+    for t_int in ddim_timesteps(policy.num_train_timesteps, num_steps):
+        t = torch.full((len(captions),), t_int, device=device, dtype=torch.long)
+        out = cfg_predict(policy, x, t, cond, uncond, guidance_scale, uncond_denoiser)
+        step = ddim_step(policy, out, x, t, t - ratio, eta, prev_sample=x)  # mean, std only
+        x = step.mean + step.std.view(-1, 1, 1, 1) * draw()  # [N, C, h, w] x_{t-1}
     return policy.decode_latents(x)

@@ -10,14 +10,16 @@ For each config and training seed, one job, one after another:
 2. **evaluate** the run against its base model in this process, exactly as
    ``python -m lightning_pref evaluate`` computes its report (same ``--num_samples`` and
    ``--eval_seed`` for every job; ``--eval_args`` passes further ``evaluate`` options), with the
-   base model's samples cached in ``OUT/base_cache`` (:mod:`lightning_pref.base_cache`), so the
+   base model's samples cached in ``OUT/base_cache``
+   (:mod:`lightning_pref.evaluation.base_cache`), so the
    base is sampled once per leaderboard, not once per job.
 3. The job's result goes to ``OUT/results/<method>_seed<SEED>.json``; a job whose result exists
    is skipped (``--force`` runs it again), so an interrupted leaderboard resumes. A failed fit or
    evaluation is recorded as failed, with its log, and the leaderboard goes on.
 
 At the end ``OUT/leaderboard.md`` and ``OUT/leaderboard.json``
-(:mod:`lightning_pref.leaderboard_table`) are written and the table is printed; the exit code
+(:mod:`lightning_pref.commands.leaderboard.table`) are written and the table is printed; the exit
+code
 is 1 if a job failed. ``--table_only`` rebuilds them from the results already there, training
 nothing.
 
@@ -27,7 +29,6 @@ than the file's stem, else the stem without a trailing ``_minipick`` (``dpo_mini
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -37,45 +38,23 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from lightning_pref.commands.leaderboard.args import LeaderboardArgs, parse_args
+from lightning_pref.commands.leaderboard.table import format_table, summarize
 from lightning_pref.errors import ConfigError
-from lightning_pref.leaderboard_table import format_table, summarize
 
 if TYPE_CHECKING:
-    from lightning_pref.base_cache import BaseCache, BaseUse
-    from lightning_pref.evaluation import EvalReport
+    from lightning_pref.evaluation.base_cache import BaseCache, BaseUse
+    from lightning_pref.evaluation.report import EvalReport
 
-__all__ = ["Job", "LeaderboardArgs", "leaderboard_main", "method_name", "parse_args"]
+__all__ = ["FIT_MARKER", "Job", "main", "method_name", "run_jobs"]
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-MINIPICK_METHODS = (
-    "dpo", "sft", "smpo", "inpo", "dspo", "mapo", "kto", "spo", "tailorpo", "tailorpo_g",
-    "npo", "capo", "exo", "self_npo",
-)  # fmt: skip
-"""The default: every method's MiniPick config, ``experiments/<method>_minipick.yaml``."""
 FIT_MARKER = "leaderboard_fit.json"  # in a run folder: the fit finished (and how long it took)
-_OWN_EVAL_OPTIONS = ("--run", "--out", "--num_samples", "--seed")
-_OWN_FIT_OPTIONS = ("--seed_everything", "--trainer.logger")  # they place the run
-
-
-@dataclass(frozen=True)
-class LeaderboardArgs:
-    """Arguments of ``python -m lightning_pref leaderboard`` (see ``--help``)."""
-
-    configs: list[str] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)
-    out: str = "results/leaderboard"
-    num_samples: int = 512
-    eval_seed: int = 0
-    fit_args: list[str] = field(default_factory=list)
-    eval_args: list[str] = field(default_factory=list)
-    force: bool = False
-    table_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,95 +81,6 @@ class Job:
     def result(self, out: Path) -> Path:
         """The job's result JSON."""
         return out / "results" / f"{self.name}.json"
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argparse parser that raises ``ArgumentError`` (the CLI prints it as one line)."""
-
-    def error(self, message: str) -> NoReturn:
-        """Raise instead of printing the usage and exiting."""
-        raise argparse.ArgumentError(None, message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m lightning_pref leaderboard", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--configs",
-        nargs="+",
-        default=[],
-        help="experiment configs, one per method (default: every method's MiniPick config)",
-    )
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (default 0)")
-    p.add_argument("--out", default="results/leaderboard", help="output folder")
-    p.add_argument("--num_samples", type=int, default=512, help="evaluation images per model")
-    p.add_argument("--eval_seed", type=int, default=0, help="seed of the evaluation samples")
-    p.add_argument(
-        "--fit_args",
-        default="",
-        help="extra fit arguments as one string; write --fit_args='--x=1' for a single option",
-    )
-    p.add_argument(
-        "--eval_args", default="", help="extra evaluate arguments, e.g. '--num_steps 10'"
-    )
-    p.add_argument("--force", action="store_true", help="rerun jobs whose results exist")
-    p.add_argument(
-        "--table_only", action="store_true", help="rebuild the table from existing results"
-    )
-    return p
-
-
-def _split(option: str, value: str) -> list[str]:
-    try:
-        return shlex.split(value)
-    except ValueError as err:
-        raise ConfigError(f"{option}: cannot split '{value}': {err}") from None
-
-
-def _check_eval_args(eval_args: list[str]) -> None:
-    """Reject options the leaderboard sets itself, and parse the rest as ``evaluate`` would."""
-    from lightning_pref.runs import _parse
-
-    own = [a for a in eval_args if a.split("=")[0] in _OWN_EVAL_OPTIONS]
-    if own:
-        raise ConfigError(f"--eval_args: {own[0]} is set by the leaderboard; drop it")
-    try:
-        _parse(["--run", "unused", *eval_args])
-    except argparse.ArgumentError as err:
-        raise ConfigError(f"--eval_args: {str(err).strip().splitlines()[0]}") from None
-
-
-def parse_args(argv: list[str]) -> LeaderboardArgs:
-    """Parse and check the arguments; errors raise ``ArgumentError`` or ``ConfigError``."""
-    ns = _parser().parse_args(argv)
-    configs = list(ns.configs)
-    if not configs and not ns.table_only:  # the table alone reads whatever results exist
-        configs = [str(EXPERIMENTS / f"{method}_minipick.yaml") for method in MINIPICK_METHODS]
-    args = LeaderboardArgs(
-        configs=configs,
-        seeds=list(ns.seeds),
-        out=ns.out,
-        num_samples=ns.num_samples,
-        eval_seed=ns.eval_seed,
-        fit_args=_split("--fit_args", ns.fit_args),
-        eval_args=_split("--eval_args", ns.eval_args),
-        force=ns.force,
-        table_only=ns.table_only,
-    )
-    if not args.seeds:
-        raise ConfigError("pass at least one seed with --seeds")
-    if len(set(args.seeds)) != len(args.seeds):
-        raise ConfigError(f"--seeds repeats a seed: {args.seeds}")
-    if args.num_samples < 1:
-        raise ConfigError(f"--num_samples must be at least 1, got {args.num_samples}")
-    missing = [c for c in args.configs if not Path(c).is_file()]
-    if missing:
-        raise ConfigError(f"config '{missing[0]}' does not exist")
-    own = [a for a in args.fit_args if a.split("=")[0].startswith(_OWN_FIT_OPTIONS)]
-    if own:
-        raise ConfigError(f"--fit_args: {own[0]} is set by the leaderboard; drop it")
-    if not args.table_only:
-        _check_eval_args(args.eval_args)
-    return args
 
 
 def method_name(config: str | Path) -> str:
@@ -258,12 +148,12 @@ def evaluate_job(
     job: Job, out: Path, args: LeaderboardArgs, cache: BaseCache
 ) -> tuple[EvalReport, BaseUse]:
     """Evaluate a job's run against its base: (``EvalReport``, ``BaseUse``)."""
-    from lightning_pref.base_cache import evaluate_run_cached
-    from lightning_pref.runs import _parse
+    from lightning_pref.evaluation.args import parse_evaluate_args
+    from lightning_pref.evaluation.base_cache import evaluate_run_cached
 
     argv = [*args.eval_args, "--run", str(job.run_dir(out))]
     argv += ["--num_samples", str(args.num_samples), "--seed", str(args.eval_seed)]
-    return evaluate_run_cached(_parse(argv), cache)
+    return evaluate_run_cached(parse_evaluate_args(argv), cache)
 
 
 def _machine() -> dict[str, int | None]:
@@ -351,7 +241,7 @@ def _outcome(result: dict[str, Any]) -> str:
 
 def run_jobs(jobs: list[Job], args: LeaderboardArgs) -> list[dict[str, Any]]:
     """Run the jobs one after another (skipping those with results); return every result."""
-    from lightning_pref.base_cache import BaseCache
+    from lightning_pref.evaluation.base_cache import BaseCache
 
     out = Path(args.out)
     cache = BaseCache(out / "base_cache")
@@ -383,7 +273,7 @@ def load_results(out: Path, jobs: list[Job] | None) -> list[dict[str, Any]]:
     return results if jobs is not None else sorted(results, key=lambda r: (r["method"], r["seed"]))
 
 
-def leaderboard_main(argv: list[str]) -> None:
+def main(argv: list[str]) -> None:
     """``python -m lightning_pref leaderboard``: run the jobs, write and print the table.
 
     Args:

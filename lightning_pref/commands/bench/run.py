@@ -6,7 +6,8 @@ forward, plain AdamW. (b) **framework**: ``Trainer`` + ``OfflinePairModule`` + `
 the same batches. (c) **framework_fast**: (b) with ``FastPath`` (compile, channels-last, bf16
 reference under ``inference_mode``), fused AdamW and ``bf16-mixed``, trained from a latent +
 text-embedding cache of the same pairs (built untimed). Same model and weights in every path
-(:class:`~lightning_pref.bench_models.BenchDiffusionPolicy`); ``warmup`` untimed steps (the last
+(:class:`~lightning_pref.commands.bench.models.BenchDiffusionPolicy`);
+``warmup`` untimed steps (the last
 counts FLOPs), then ``steps`` timed ones. Reported: pairs/s, ratio to the baseline, FLOPs per pair
 (all, and the UNets'), peak CUDA memory, and TFLOP/s and MFU **of the UNet work only** (policy
 forward + backward, reference forward: what every path must do; the cache drops the VAE and
@@ -26,12 +27,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from jsonargparse import ArgumentParser
 from lightning import Trainer
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_pref.bench_models import (
+from lightning_pref.cli import parse_dataclass
+from lightning_pref.commands.bench.models import (
     Arch,
     BenchDiffusionPolicy,
     BrightnessScorer,
@@ -54,7 +55,7 @@ from lightning_pref.modules import OfflinePairModule
 from lightning_pref.objectives import DiffusionDPO
 from lightning_pref.types import ImagePairBatch
 
-__all__ = ["PATHS", "BenchArgs", "bench_main", "format_table", "resolve_fast", "run_bench"]
+__all__ = ["PATHS", "BenchArgs", "format_table", "main", "resolve_fast", "run_bench"]
 
 PATHS = ("baseline", "framework", "framework_fast")
 PathName = Literal["baseline", "framework", "framework_fast"]
@@ -384,14 +385,9 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def bench_main(argv: list[str]) -> dict[str, Any]:
+def main(argv: list[str]) -> dict[str, Any]:
     """Parse ``bench``'s arguments, run it and print the table."""
-    parser = ArgumentParser(prog="python -m lightning_pref bench", exit_on_error=False)
-    parser.add_class_arguments(BenchArgs, as_group=False)
-    config = parser.parse_args(argv)
-    args = BenchArgs(
-        **{k: v for k, v in vars(config).items() if k in BenchArgs.__dataclass_fields__}
-    )
+    args = parse_dataclass(BenchArgs, argv, "python -m lightning_pref bench")
     args.block_out_channels, args.paths = tuple(args.block_out_channels), list(args.paths)
     report = run_bench(args)
     print(format_table(report))

@@ -11,7 +11,8 @@ again, ``--ckpt_path last`` resumes it, and it appends to the same ``slurm/<job>
 (``--open-mode=append``).
 
 Array indices count the runs submitted this time: finished runs are left out (module
-:mod:`lightning_pref.sweep`), so index ``i`` is the ``i``-th unfinished run. ``sweep.json``
+:mod:`lightning_pref.commands.sweep.run`), so index ``i`` is the ``i``-th unfinished run.
+``sweep.json``
 records each submission's job id and its runs in index order.
 """
 
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from lightning_pref.errors import ConfigError
 
 if TYPE_CHECKING:
-    from lightning_pref.sweep import Run, Sweep
+    from lightning_pref.commands.sweep.plan import Run, Sweep
 
 __all__ = ["launch_slurm", "sbatch_script"]
 

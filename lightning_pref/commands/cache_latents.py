@@ -10,45 +10,51 @@ module for :class:`~lightning_pref.data.CachedPairDataModule`.
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
-from jsonargparse import ArgumentParser
 
+from lightning_pref.cli import parse_dataclass
 from lightning_pref.data.latent_cache import build_latent_cache
 from lightning_pref.data.pairs import PickAPicStream
 from lightning_pref.errors import ConfigError, DataError
 
-__all__ = ["cache_latents_main"]
+__all__ = ["CacheLatentsArgs", "main"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _NO_AUGMENT = {"hflip": False, "random_crop": False, "proportion_empty_prompts": 0.0}
 
 
-def _parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="python -m lightning_pref cache-latents",
-        description="Encode the pairs of a training config once (VAE posterior + text embeddings).",
-        exit_on_error=False,
-    )
-    parser.add_argument("--config", required=True, help="training config (model and data)")
-    parser.add_argument("--out", required=True, help="cache folder to write")
-    parser.add_argument("--split", default="train", choices=["train", "val"])
-    parser.add_argument("--batch_size", type=int, default=16, help="pairs per encoder forward")
-    parser.add_argument("--shard_size", type=int, default=4096, help="pairs per shard file")
-    parser.add_argument(
-        "--dtype", default="float32", choices=sorted(_DTYPES), help="storage dtype (float32: exact)"
-    )
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
-    return parser
+@dataclass
+class CacheLatentsArgs:
+    """Encode the pairs of a training config once (VAE posterior + text embeddings).
+
+    Attributes:
+        config: training config (model and data).
+        out: cache folder to write.
+        split: which split of the config's data to encode.
+        batch_size: pairs per encoder forward.
+        shard_size: pairs per shard file.
+        dtype: storage dtype (float32: exact).
+        device: auto (CUDA if available), cpu, cuda.
+    """
+
+    config: str
+    out: str
+    split: Literal["train", "val"] = "train"
+    batch_size: int = 16
+    shard_size: int = 4096
+    dtype: Literal["bfloat16", "float16", "float32"] = "float32"
+    device: str = "auto"
 
 
-def cache_latents_main(argv: list[str]) -> dict[str, Any]:
+def main(argv: list[str]) -> dict[str, Any]:
     """Parse the arguments, build the cache and print where it is and how to train from it."""
-    from lightning_pref.runs import _build
+    from lightning_pref.runs import build_from_config
 
-    args = _parser().parse_args(argv)
-    built = _build(args.config)
+    args = parse_dataclass(CacheLatentsArgs, argv, "python -m lightning_pref cache-latents")
+    built = build_from_config(args.config)
     module, data = built.model, built.datamodule
     if not hasattr(data, "train_set") or not hasattr(data, "resolution"):
         raise ConfigError(

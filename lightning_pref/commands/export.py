@@ -16,7 +16,7 @@ The run's model is rebuilt from its ``config.yaml`` and checkpoint with
   ``--merge_lora true`` instead folds the adapters into the UNet and writes a full pipeline.
 
 The scheduler is always a ``DDIMScheduler`` over the training betas that does what
-:mod:`lightning_pref.sampling` does: "leading" spacing, ``steps_offset=1``,
+:mod:`lightning_pref.models.sampling` does: "leading" spacing, ``steps_offset=1``,
 ``set_alpha_to_one=False`` and no thresholding, so the pipeline's DDIM samples are the
 framework's for the same initial latents. (With ``clip_sample`` diffusers keeps the unclipped ε̂
 while our sampler re-derives it; SD models do not clip.)
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,9 +43,9 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
 )
-from jsonargparse import ArgumentParser
 from torch import Tensor, nn
 
+from lightning_pref.cli import parse_dataclass
 from lightning_pref.errors import ConfigError
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.runs import RunPaths, find_run, load_module
@@ -53,7 +53,7 @@ from lightning_pref.runs import RunPaths, find_run, load_module
 __all__ = [
     "ExportArgs",
     "ddim_scheduler",
-    "export_main",
+    "main",
     "export_policy",
     "build_pipeline",
     "find_checkpoint",
@@ -89,14 +89,6 @@ class ExportArgs:
     merge_lora: bool = False
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     overwrite: bool = False
-
-
-def _parse(argv: list[str]) -> ExportArgs:
-    """Parse ``export``'s arguments; errors raise ``ArgumentError`` (one line from the CLI)."""
-    parser = ArgumentParser(prog="python -m lightning_pref export", exit_on_error=False)
-    parser.add_class_arguments(ExportArgs, as_group=False)
-    config = vars(parser.parse_args(argv))
-    return ExportArgs(**{f.name: config[f.name] for f in fields(ExportArgs)})
 
 
 def _is_sharded(folder: Path) -> bool:
@@ -319,9 +311,9 @@ def export_policy(
     return info
 
 
-def export_main(argv: list[str]) -> dict[str, Any]:
+def main(argv: list[str]) -> dict[str, Any]:
     """``python -m lightning_pref export``: rebuild the run's model and write it to ``--out``."""
-    args = _parse(argv)
+    args = parse_dataclass(ExportArgs, argv, "python -m lightning_pref export")
     run = find_checkpoint(args.ckpt_path, args.config)
     out = Path(args.out).expanduser()
     if out.is_file() or (out.is_dir() and any(out.iterdir()) and not args.overwrite):

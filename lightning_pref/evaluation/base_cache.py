@@ -26,17 +26,12 @@ import torch
 from torch import Tensor, nn
 
 from lightning_pref.errors import ConfigError
-from lightning_pref.evaluation import (
-    EvalReport,
-    _diversity,
-    _sample_and_score,
-    _score_stats,
-    _win_stats,
-    sample_plan,
-)
+from lightning_pref.evaluation.args import EvaluateArgs
+from lightning_pref.evaluation.compare import SamplingOptions, pixel_diversity, sample_and_score
+from lightning_pref.evaluation.report import EvalReport, report_from_scores
+from lightning_pref.evaluation.setup import prepare_evaluation
 from lightning_pref.models.policy import DiffusionPolicy
-from lightning_pref.runs import EvaluateArgs, prepare_evaluation
-from lightning_pref.sampling import Denoiser
+from lightning_pref.models.sampling import Denoiser, sample_plan
 from lightning_pref.scoring import Scorer
 
 __all__ = [
@@ -163,46 +158,17 @@ def _base_samples(
 ) -> BaseSamples:
     """Sample and score the base model as :func:`evaluate_policies` does, and time it."""
     start = time.perf_counter()
-    scores = _sample_and_score(
+    scores = sample_and_score(
         base, plan, scorers, settings["batch_size"], "sampling base", **sampling
     )
     k, seed = settings["samples_per_prompt_for_diversity"], settings["seed"]
-    diversity = _diversity(base, diversity_prompts, seed, k, **sampling) if k >= 2 else None
+    diversity = pixel_diversity(base, diversity_prompts, seed, k, **sampling) if k >= 2 else None
     lists = {name: [float(v) for v in values.tolist()] for name, values in scores.items()}
     return BaseSamples(lists, diversity, time.perf_counter() - start)
 
 
-def _report(
-    gold: str,
-    base_s: dict[str, Tensor],
-    tuned_s: dict[str, Tensor],
-    diversity: tuple[float | None, float | None],
-    plan: tuple[list[str], list[int]],
-    sampling: dict[str, Any],
-    seed: int,
-) -> EvalReport:
-    """The :class:`EvalReport` of two models' scores, as ``evaluate_policies`` builds it."""
-    rate, ci, counts = _win_stats(tuned_s[gold], base_s[gold])
-    return EvalReport(
-        gold=gold,
-        win_rate=rate,
-        win_rate_ci=ci,
-        wins=counts[0],
-        ties=counts[1],
-        losses=counts[2],
-        scores={name: _score_stats(base_s[name], tuned_s[name]) for name in tuned_s},
-        diversity_base=diversity[0],
-        diversity_tuned=diversity[1],
-        num_samples=len(plan[0]),
-        num_prompts=len(set(plan[0])),
-        seed=seed,
-        num_steps=sampling["num_steps"],
-        guidance_scale=float(sampling["guidance_scale"]),
-        eta=float(sampling["eta"]),
-    )
-
-
 def evaluate_policies_cached(
+    cache: BaseCache,
     base: DiffusionPolicy,
     tuned: DiffusionPolicy,
     prompts: Sequence[str],
@@ -210,28 +176,23 @@ def evaluate_policies_cached(
     gold: str,
     num_samples: int,
     seed: int,
-    cache: BaseCache,
-    num_steps: int = 10,
-    guidance_scale: float = 5.0,
-    eta: float = 0.0,
-    batch_size: int = 64,
-    samples_per_prompt_for_diversity: int = 4,
-    num_diversity_prompts: int = 8,
+    options: SamplingOptions | None = None,
     tuned_negative: Denoiser | None = None,
 ) -> tuple[EvalReport, BaseUse]:
-    """:func:`~lightning_pref.evaluation.evaluate_policies`, with the base's samples from ``cache``.
+    """:func:`~lightning_pref.evaluation.compare.evaluate_policies`, the base's samples cached.
 
-    The arguments are those of ``evaluate_policies``, plus ``cache``. ``tuned_negative`` guides
+    The arguments are those of ``evaluate_policies``, after ``cache``. ``tuned_negative`` guides
     the tuned side only (a negative-model run: its base guided by it); the cached base is always
     sampled with plain CFG. Returns the same report, and whether the base came from the cache
     (and how long sampling it took).
     """
     if gold not in scorers:
         raise ConfigError(f"the gold scorer '{gold}' is not among the scorers {sorted(scorers)}")
+    options = options or SamplingOptions()
     plan = sample_plan(list(prompts), num_samples, seed)
-    sampling = {"num_steps": num_steps, "guidance_scale": guidance_scale, "eta": eta}
-    k = samples_per_prompt_for_diversity
-    subset = list(dict.fromkeys(prompts))[:num_diversity_prompts]
+    sampling, batch_size = options.sampler, options.batch_size
+    k = options.samples_per_prompt_for_diversity
+    subset = options.diversity_subset(prompts)
     settings = {"num_samples": num_samples, "seed": seed, "batch_size": batch_size}
     settings |= {"samples_per_prompt_for_diversity": k, "num_diversity_prompts": len(subset)}
     settings |= {"device": str(base.alphas_cumprod.device)}
@@ -244,9 +205,11 @@ def evaluate_policies_cached(
         use = BaseUse(False, entry.seconds)
     base_s = {name: torch.tensor(v, dtype=torch.float64) for name, v in entry.scores.items()}
     guided = {**sampling, "uncond_denoiser": tuned_negative}
-    tuned_s = _sample_and_score(tuned, plan, scorers, batch_size, "sampling tuned", **guided)
-    diversity = _diversity(tuned, subset, seed, k, **guided) if k >= 2 else None
-    report = _report(gold, base_s, tuned_s, (entry.diversity, diversity), plan, sampling, seed)
+    tuned_s = sample_and_score(tuned, plan, scorers, batch_size, "sampling tuned", **guided)
+    diversity = pixel_diversity(tuned, subset, seed, k, **guided) if k >= 2 else None
+    report = report_from_scores(
+        gold, base_s, tuned_s, (entry.diversity, diversity), plan, sampling, seed
+    )
     return report, use
 
 
@@ -266,7 +229,15 @@ def evaluate_run_cached(args: EvaluateArgs, cache: BaseCache) -> tuple[EvalRepor
             "--baseline_negative (or a negative-model run as --baseline) is not cached: evaluate "
             "it with `python -m lightning_pref evaluate`"
         )
+    options = SamplingOptions(
+        num_steps=args.num_steps,
+        guidance_scale=args.guidance_scale,
+        eta=args.eta,
+        batch_size=args.batch_size,
+        samples_per_prompt_for_diversity=args.diversity_samples,
+    )
     report, use = evaluate_policies_cached(
+        cache,
         setup.base.policy,
         setup.tuned.policy,
         setup.prompts,
@@ -274,12 +245,7 @@ def evaluate_run_cached(args: EvaluateArgs, cache: BaseCache) -> tuple[EvalRepor
         args.gold,
         args.num_samples,
         args.seed,
-        cache,
-        num_steps=args.num_steps,
-        guidance_scale=args.guidance_scale,
-        eta=args.eta,
-        batch_size=args.batch_size,
-        samples_per_prompt_for_diversity=args.diversity_samples,
+        options,
         tuned_negative=setup.tuned_negative,
     )
     return setup.finish(report, args), use

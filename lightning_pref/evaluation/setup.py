@@ -1,10 +1,11 @@
-"""``python -m lightning_pref evaluate``: load a run and its baseline, sample, score and report.
+"""Set up an evaluation: load a run and its baseline, prompts, scorers and validation pairs.
 
-:func:`evaluate_run` compares a run's checkpoint with the model it started from (or another run)
-using :mod:`lightning_pref.evaluation`, prints the table and writes ``report.json``,
-``grid.png`` (+ ``grid.txt``) and TensorBoard events to ``<run>/eval_seed<seed>``.
+:func:`prepare_evaluation` loads what ``python -m lightning_pref evaluate``
+(:mod:`lightning_pref.commands.evaluate`) compares: a run's checkpoint and the model it started
+from (or another run), the prompts, the scorers and the validation pairs.
 
-Negative-model guidance (METHODS §11.1, :mod:`lightning_pref.negative`): either side can sample
+Negative-model guidance (METHODS §11.1, :mod:`lightning_pref.models.negative`): either side can
+sample
 with a negative model in CFG's unconditional branch. A run trained as a negative model (its
 objective has ``trains_negative``, e.g. Diffusion-NPO, or a Self-NPO run) stands for *its base
 model guided by it*; ``--negative`` / ``--baseline_negative`` add one to the tuned model or the
@@ -25,27 +26,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from lightning_pref.errors import ConfigError
-from lightning_pref.eval_args import EvaluateArgs, default_num_steps, parse_evaluate_args
-from lightning_pref.eval_report import EvalReport
-from lightning_pref.eval_scorers import GoldScorer, default_scorers
-from lightning_pref.evaluation import (
-    evaluate_policies,
-    implicit_accuracy,
-    sample_plan,
-    sample_seeded,
-    save_grid,
-)
+from lightning_pref.evaluation.args import EvaluateArgs, default_num_steps
+from lightning_pref.evaluation.compare import implicit_accuracy
+from lightning_pref.evaluation.prompt_sets import read_prompts
+from lightning_pref.evaluation.report import EvalReport
+from lightning_pref.evaluation.scorers import GoldScorer, default_scorers
+from lightning_pref.models.negative import NegativeGuidance
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.modules.base import PreferenceModule
-from lightning_pref.negative import NegativeGuidance
-from lightning_pref.prompt_sets import read_prompts
 from lightning_pref.runs import RunPaths, find_run, load_datamodule, load_module, run_val_loader
 from lightning_pref.scoring import Scorer
 
-__all__ = ["EvalSetup", "evaluate_run", "prepare_evaluation", "trains_negative"]
+__all__ = ["EvalSetup", "prepare_evaluation", "trains_negative"]
 
 
 def trains_negative(module: PreferenceModule) -> bool:
@@ -246,63 +240,3 @@ def prepare_evaluation(args: EvaluateArgs, negative_guidance: bool = False) -> E
         run, base_ckpt, prompts, tuned.module, base.module, loader, scorers,
         tuned.negative, base.negative, names, tuned_name,
     )  # fmt: skip
-
-
-def _log_to_tensorboard(log_dir: Path, report: EvalReport, grid: Tensor) -> None:
-    """Write the grid, the report table and the headline numbers as TensorBoard events."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(log_dir))
-    try:
-        writer.add_image("eval/grid", grid, 0, dataformats="CHW")
-        writer.add_text("eval/report", report.to_markdown_table(), 0)
-        writer.add_scalar("eval/win_rate", report.win_rate, 0)
-        for name, stats in report.scores.items():
-            values = {"base": stats.base_mean, "tuned": stats.tuned_mean}
-            values |= {"base_median": stats.base_median, "tuned_median": stats.tuned_median}
-            values |= {"win_rate": stats.win_rate}
-            for key, value in values.items():
-                if value is not None:
-                    writer.add_scalar(f"eval/{name}_{key}", value, 0)
-        if report.implicit_acc is not None:
-            writer.add_scalar("eval/implicit_acc", report.implicit_acc, 0)
-    finally:
-        writer.close()
-
-
-def evaluate_run(argv: list[str]) -> EvalReport:
-    """``python -m lightning_pref evaluate``: print the table; write report.json, grid, events.
-
-    Args:
-        argv: the arguments after ``evaluate`` (see :class:`EvaluateArgs` or ``--help``).
-    """
-    args = parse_evaluate_args(argv)
-    setup = prepare_evaluation(args, negative_guidance=True)
-    assert args.num_steps is not None  # filled in by prepare_evaluation
-    sampling = {"num_steps": args.num_steps, "guidance_scale": args.guidance_scale, "eta": args.eta}
-    report = evaluate_policies(
-        setup.base.policy,
-        setup.tuned.policy,
-        setup.prompts,
-        setup.scorers,
-        args.gold,
-        args.num_samples,
-        args.seed,
-        batch_size=args.batch_size,
-        samples_per_prompt_for_diversity=args.diversity_samples,
-        **sampling,
-        **setup.negatives,
-    )
-    report = setup.finish(report, args)
-    suffix = "_negative" if setup.tuned_negative or setup.base_negative else ""
-    out = Path(args.out) if args.out else setup.run.config.parent / f"eval_seed{args.seed}{suffix}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(report.to_json() + "\n")
-    captions, seeds = sample_plan(setup.prompts, min(8, args.num_samples), args.seed)  # first 8
-    grid = [
-        sample_seeded(m.policy, captions, seeds, uncond_denoiser=neg, **sampling)
-        for m, neg in ((setup.base, setup.base_negative), (setup.tuned, setup.tuned_negative))
-    ]
-    _log_to_tensorboard(out, report, save_grid(*grid, captions, out / "grid.png"))
-    print(report.to_markdown_table())
-    return report

@@ -1,6 +1,6 @@
 """The leaderboard's summary: per-job results aggregated per method, as Markdown and JSON.
 
-A job result is the dict :mod:`lightning_pref.leaderboard` writes to
+A job result is the dict :mod:`lightning_pref.commands.leaderboard.run` writes to
 ``results/<method>_seed<S>.json``:
 ``method``, ``config``, ``seed``, ``status`` (``ok`` or ``failed``), ``failed_stage``, ``error``,
 ``log`` (relative to the leaderboard folder), ``fit_seconds``, ``eval_seconds``, ``settings``

@@ -1,0 +1,1 @@
+"""``python -m lightning_pref bench``: training and on-policy throughput."""

@@ -1,0 +1,1 @@
+"""``python -m lightning_pref leaderboard``: train and evaluate every MiniPick method."""
