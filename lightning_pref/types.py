@@ -15,6 +15,7 @@ from torch import Tensor
 __all__ = [
     "DenoiseLabeled",
     "DenoisePair",
+    "DenoiseToTarget",
     "ImageLabelBatch",
     "ImagePairBatch",
     "LatentPairBatch",
@@ -102,6 +103,18 @@ class DenoiseLabeled:
     ref_pred: Tensor | None  # [N, C, h, w]; None iff the objective is reference-free
     labels: Tensor  # [N] +1 desirable, -1 undesirable
     timesteps: Tensor  # [N]
+
+
+@dataclass(frozen=True)
+class DenoiseToTarget:
+    """The student's output on a renoised state and the x̂0 it is pulled to (Self-NPO)."""
+
+    pred: Tensor  # [N, C, h, w] student output (eps or v) at (x_s, s, c)
+    x_t: Tensor  # [N, C, h, w] the state the student saw, x_s
+    alphas_cumprod: Tensor  # [N, 1, 1, 1] ā_s
+    prediction_type: str  # "epsilon" or "v_prediction"
+    target_x0: Tensor  # [N, C, h, w] the teacher's x̂0, detached
+    timesteps: Tensor  # [N] s
 
 
 @dataclass

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor
 
 from lightning_pref.data.latent_cache import sample_posterior
 from lightning_pref.data.relabel import relabel_pairs
-from lightning_pref.errors import ConfigError, TrainingDivergedError
+from lightning_pref.errors import ConfigError
 from lightning_pref.models.fast import FastPath
 from lightning_pref.models.noising import NoisingStrategy
 from lightning_pref.models.policy import DiffusionPolicy
-from lightning_pref.modules.base import PreferenceModule, ReferenceMode
+from lightning_pref.modules.base import ReferenceMode
+from lightning_pref.modules.denoising import DenoisingModule
 from lightning_pref.objectives.base import PairObjective
 from lightning_pref.scoring.base import Scorer
 from lightning_pref.types import (
@@ -28,7 +28,7 @@ PairInput = ImagePairBatch | LatentPairBatch
 __all__ = ["OfflinePairModule"]
 
 
-class OfflinePairModule(PreferenceModule):
+class OfflinePairModule(DenoisingModule):
     """Noises both images of each pair, runs policy and reference, and applies a pair objective.
 
     As in the official Diffusion-DPO train.py (METHODS §1.1): latents are sampled from the VAE
@@ -73,20 +73,14 @@ class OfflinePairModule(PreferenceModule):
         fast: FastPath | None = None,
         relabel: Scorer | None = None,
     ) -> None:
-        super().__init__(policy, objective, optimizer, lr_scheduler, reference, seed, fast)
+        super().__init__(
+            policy, objective, optimizer, lr_scheduler, reference, seed, timestep_range, noising,
+            fast,
+        )  # fmt: skip
         self.relabel = None if relabel is None else relabel.requires_grad_(False).eval()
         self.pairs_relabelled = 0
         self.shared_timestep = shared_timestep
         self.shared_noise = shared_noise
-        self.timestep_range = timestep_range
-        self.noising = noising if noising is not None else objective.default_noising()
-
-    def configure_model(self) -> None:
-        """Build the models; a schedule-weighted objective (CaPO) gets the policy's schedule."""
-        super().configure_model()
-        bind = getattr(self.objective, "bind_schedule", None)
-        if bind is not None:
-            bind(self.policy.alphas_cumprod)
 
     def relabelled(self, batch: PairInput) -> PairInput:
         """The batch re-ordered by the ``relabel`` scorer (unchanged without one)."""
@@ -146,22 +140,6 @@ class OfflinePairModule(PreferenceModule):
                 "`python -m lightning_pref cache-latents` for this model"
             )
 
-    def sample_timesteps(self, n: int, generator: torch.Generator) -> Tensor:
-        """Uniform integer timesteps ``[n]`` in the configured range."""
-        low, high = self.timestep_range or (0, self.policy.num_train_timesteps)
-        return torch.randint(low, high, (n,), generator=generator, device=self.device)
-
-    def noise(
-        self, x0: Tensor, t: Tensor, noise: Tensor, embeds: Tensor, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``(x_t, target, t)`` from the noising strategy (inversion runs the policy, no grad).
-
-        The returned t is the one to give the denoiser (a strategy may move it to its grid).
-        """
-        noised = self.noising(self.policy, x0, t, noise, embeds, generator)
-        used = t if noised.timesteps is None else noised.timesteps
-        return noised.x_t, noised.target, used
-
     def denoise_pair(self, pairs: PairBatch, generator: torch.Generator) -> DenoisePair:
         """Noise the pair, run policy (and reference if needed), return what the objective reads."""
         if not self.objective.uses_loser:
@@ -205,33 +183,3 @@ class OfflinePairModule(PreferenceModule):
         """Encode, noise, denoise and score one batch."""
         generator = self.step_generator(stage, batch_idx)
         return self.objective(self.denoise_pair(self.to_latents(batch, generator), generator))
-
-    def training_step(self, batch: PairInput, batch_idx: int) -> Tensor | None:
-        """One optimisation step; a batch whose rows were all corrupt is skipped."""
-        self.rows_skipped += batch.num_skipped
-        if batch.num_skipped:
-            self.log("train/rows_skipped", float(self.rows_skipped), on_step=True)
-        bsz = self.batch_size(batch)
-        if bsz == 0:
-            return None
-        out = self.shared_step(self.relabelled(batch), "train", batch_idx)
-        if not torch.isfinite(out.loss):
-            raise TrainingDivergedError(
-                f"non-finite loss {out.loss.item()} at step {self.global_step}; lower the lr or "
-                "beta, or enable gradient clipping (--trainer.gradient_clip_val 1.0)"
-            )
-        self.log_output("train", out, bsz)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
-        return out.loss
-
-    def validation_step(self, batch: PairInput, batch_idx: int) -> None:
-        """Loss and implicit accuracy on fixed seeds."""
-        if self.batch_size(batch) == 0:
-            return
-        self.log_output("val", self.shared_step(batch, "val", batch_idx), self.batch_size(batch))
-
-    def test_step(self, batch: PairInput, batch_idx: int) -> None:
-        """As validation, logged under ``test/``."""
-        if self.batch_size(batch) == 0:
-            return
-        self.log_output("test", self.shared_step(batch, "test", batch_idx), self.batch_size(batch))

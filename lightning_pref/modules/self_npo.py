@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from lightning_pref.errors import TrainingDivergedError
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.modules.base import PreferenceModule
-from lightning_pref.objectives.functional import to_epsilon_and_x0, upcast
 from lightning_pref.objectives.self_npo import (
     SelfNPOLoss,
     renoise,
@@ -20,7 +19,7 @@ from lightning_pref.objectives.self_npo import (
     self_npo_grid,
     truncated_diffusion_target,
 )
-from lightning_pref.types import ImagePairBatch, ObjectiveOutput
+from lightning_pref.types import DenoiseToTarget, ImagePairBatch, ObjectiveOutput
 
 __all__ = ["SelfNPOModule"]
 
@@ -68,7 +67,7 @@ class SelfNPOModule(PreferenceModule):
         seed: int | None = None,
     ) -> None:
         objective = objective if objective is not None else SelfNPOLoss()
-        super().__init__(policy, objective, optimizer, lr_scheduler, "copy", seed)  # type: ignore[arg-type]
+        super().__init__(policy, objective, optimizer, lr_scheduler, "copy", seed)
         self.guidance_weight = guidance_weight
         self.num_teacher_steps = num_teacher_steps
         self.num_grid_steps = num_grid_steps
@@ -134,10 +133,8 @@ class SelfNPOModule(PreferenceModule):
         x_s = renoise(teacher.x_t, teacher.timesteps, s, a, z)  # [N, C, h, w]
         pred = self.policy(x_s, s, cond)  # [N, C, h, w]
         a_s = a[s].view(-1, *[1] * (x_s.dim() - 1))
-        _, pred_x0 = to_epsilon_and_x0(upcast(pred), upcast(x_s), a_s, self.policy.prediction_type)
-        out = self.objective(pred_x0, teacher.target)
-        out.metrics["student_timestep"] = s.float().mean()
-        return out
+        ptype = self.policy.prediction_type
+        return self.objective(DenoiseToTarget(pred, x_s, a_s, ptype, teacher.target, s))
 
     def training_step(self, batch: ImagePairBatch, batch_idx: int) -> Tensor | None:
         """One optimisation step; an empty batch (every row corrupt) is skipped."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
 
 from lightning_pref.models.fast import FastPath
 from lightning_pref.models.noising import NoisingStrategy
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.modules.base import ReferenceMode
-from lightning_pref.modules.offline import OfflinePairModule
+from lightning_pref.modules.denoising import DenoisingModule
 from lightning_pref.objectives.base import UnpairedObjective
 from lightning_pref.types import DenoiseLabeled, ImageLabelBatch, ImagePairBatch, ObjectiveOutput
 
@@ -33,7 +34,7 @@ def pairs_to_labeled(batch: ImagePairBatch, positive_fraction: float) -> ImageLa
     return ImageLabelBatch(pixels, captions, labels, batch.num_skipped)
 
 
-class UnpairedModule(OfflinePairModule):
+class UnpairedModule(DenoisingModule):
     """Noises single labelled images, runs policy and reference, applies an unpaired objective.
 
     Reads :class:`ImageLabelBatch` (natively unpaired feedback) or :class:`ImagePairBatch` from any
@@ -67,19 +68,19 @@ class UnpairedModule(OfflinePairModule):
         fast: FastPath | None = None,
     ) -> None:
         super().__init__(
-            policy,
-            objective,  # type: ignore[arg-type]
-            optimizer,
-            lr_scheduler,
-            reference,
-            seed,
-            timestep_range=timestep_range,
-            noising=noising,
-            fast=fast,
-        )
+            policy, objective, optimizer, lr_scheduler, reference, seed, timestep_range, noising,
+            fast,
+        )  # fmt: skip
         if not 0.0 < positive_fraction <= 1.0:
             raise ValueError(f"positive_fraction must be in (0, 1], got {positive_fraction}")
         self.positive_fraction = positive_fraction
+        objective.set_sum_over_ranks(self.sum_over_ranks)  # KTO's reference point spans ranks
+
+    def sum_over_ranks(self, values: Tensor) -> Tensor:
+        """``values`` summed elementwise over every rank (``self.all_gather``; one rank: as is)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return values
+        return self.all_gather(values).sum(dim=0)
 
     def to_labeled(self, batch: ImagePairBatch | ImageLabelBatch) -> ImageLabelBatch:
         """The batch as labelled single images."""
@@ -98,12 +99,14 @@ class UnpairedModule(OfflinePairModule):
         ref = self.reference_predict(x_t, t, embeds) if self.objective.requires_reference else None
         return DenoiseLabeled(pred, target, ref, batch.labels.to(pred.dtype), t)
 
-    def shared_step(self, batch, stage: str, batch_idx: int) -> ObjectiveOutput:  # type: ignore[override]
+    def shared_step(
+        self, batch: ImagePairBatch | ImageLabelBatch, stage: str, batch_idx: int
+    ) -> ObjectiveOutput:
         """Split pairs if needed, then noise, denoise and score."""
         generator = self.step_generator(stage, batch_idx)
         return self.objective(self.denoise_labeled(self.to_labeled(batch), generator))
 
-    def batch_size(self, batch: ImagePairBatch | ImageLabelBatch) -> int:  # type: ignore[override]
+    def batch_size(self, batch: ImagePairBatch | ImageLabelBatch) -> int:
         """Pairs (or images) in the batch as it arrives; 0 means skip."""
         if isinstance(batch, ImageLabelBatch):
             return batch.pixels.shape[0]

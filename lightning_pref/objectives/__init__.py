@@ -4,11 +4,12 @@ from lightning_pref.objectives.base import (
     PairObjective,
     PreferenceObjective,
     StepObjective,
+    TargetObjective,
     UnpairedObjective,
 )
 from lightning_pref.objectives.capo import CaPO
 from lightning_pref.objectives.dpo import DiffusionDPO
-from lightning_pref.objectives.dspo import DSPO
+from lightning_pref.objectives.dspo import DSPO, DSPOSDXL
 from lightning_pref.objectives.inpo import InPO
 from lightning_pref.objectives.kto import DiffusionKTO
 from lightning_pref.objectives.mapo import MaPO
@@ -22,6 +23,7 @@ from lightning_pref.objectives.tailorpo import TailorPO
 
 __all__ = [
     "DSPO",
+    "DSPOSDXL",
     "SFT",
     "SPO",
     "CaPO",
@@ -37,5 +39,6 @@ __all__ = [
     "SmPO",
     "StepObjective",
     "TailorPO",
+    "TargetObjective",
     "UnpairedObjective",
 ]

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from lightning_pref.objectives.base import UnpairedObjective
 from lightning_pref.objectives.functional import per_sample_mse
 from lightning_pref.types import DenoiseLabeled, ObjectiveOutput
 
-__all__ = ["DiffusionKTO", "global_mean"]
-
-
-def global_mean(values: Tensor) -> Tensor:
-    """Mean of ``values`` over this batch on every rank (sum and count all-reduced), detached."""
-    total = torch.stack([values.detach().float().sum(), values.new_tensor(values.numel()).float()])
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(total)
-    return total[0] / total[1].clamp(min=1)
+__all__ = ["DiffusionKTO"]
 
 
 class DiffusionKTO(UnpairedObjective):
@@ -43,6 +34,16 @@ class DiffusionKTO(UnpairedObjective):
         self.beta = beta
         self.lambda_desirable, self.lambda_undesirable = lambda_desirable, lambda_undesirable
 
+    def global_mean(self, values: Tensor) -> Tensor:
+        """Mean of ``values`` over the batches of every rank, detached.
+
+        Sums and counts are added over ranks, so the ranks' batches may differ in size.
+        """
+        count = values.new_tensor(values.numel()).float()
+        total = torch.stack([values.detach().float().sum(), count])  # [2]
+        total = self.sum_over_ranks(total)  # [2]
+        return total[0] / total[1].clamp(min=1)
+
     def forward(self, batch: DenoiseLabeled) -> ObjectiveOutput:
         """Return the KTO loss; metrics: ``kl``, ``implicit_acc`` (sign of y·(g - kl)), MSEs."""
         if batch.ref_pred is None:
@@ -50,7 +51,7 @@ class DiffusionKTO(UnpairedObjective):
         mse = per_sample_mse(batch.pred, batch.target)  # [N]
         ref_mse = per_sample_mse(batch.ref_pred, batch.target).detach()  # [N]
         g = -(mse - ref_mse)  # [N]
-        kl = global_mean(g).clamp(min=0)
+        kl = self.global_mean(g).clamp(min=0)
         sign = torch.sign(batch.labels.to(g.dtype))  # [N]
         h = torch.sigmoid(sign * self.beta * (g - kl))  # [N]
         weight = torch.where(sign > 0, self.lambda_desirable, self.lambda_undesirable)

@@ -26,10 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from lightning_pref.objectives.base import TargetObjective
 from lightning_pref.objectives.functional import to_epsilon_and_x0, upcast
-from lightning_pref.types import ObjectiveOutput
+from lightning_pref.types import DenoiseToTarget, ObjectiveOutput
 
 __all__ = [
     "SelfNPOLoss",
@@ -135,21 +136,27 @@ def renoise(
     return a_s.sqrt() * (x_t / a_t.sqrt() + (nsr_s - nsr_t).clamp(min=0).sqrt() * noise)
 
 
-class SelfNPOLoss(nn.Module):
-    """The student's x0-space loss: pseudo-Huber (official default, c = 0.001) or L2.
+class SelfNPOLoss(TargetObjective):
+    """Self-NPO's student loss (step 4 above): x̂0 of the student's output, pulled to the target.
+
+    ``x̂0 = (x_s - sqrt(1 - ā_s)·ε̂) / sqrt(ā_s)`` (ε̂ from ε or v), then pseudo-Huber (official
+    default, c = 0.001) or L2 against the teacher's detached x̂0. No reference model.
 
     Args:
         huber_c: c of the pseudo-Huber loss; None = mean squared error (official ``l2``).
     """
 
-    requires_reference = False  # read by PreferenceModule: Self-NPO has no reference model
-
     def __init__(self, huber_c: float | None = 0.001) -> None:
         super().__init__()
         self.huber_c = huber_c
 
-    def forward(self, pred_x0: Tensor, target: Tensor) -> ObjectiveOutput:
-        """Scalar loss of ``pred_x0`` ``[B, C, h, w]`` against the detached ``target``."""
+    def forward(self, pair: DenoiseToTarget) -> ObjectiveOutput:
+        """Scalar loss of the student's x̂0 ``[N, C, h, w]`` against the detached target."""
+        _, pred_x0 = to_epsilon_and_x0(
+            upcast(pair.pred), upcast(pair.x_t), pair.alphas_cumprod, pair.prediction_type
+        )
+        target = pair.target_x0
         mse = (upcast(pred_x0) - upcast(target)).pow(2).mean()
         loss = mse if self.huber_c is None else pseudo_huber(pred_x0, target, self.huber_c)
-        return ObjectiveOutput(loss, {"x0_mse": mse.detach()})
+        metrics = {"x0_mse": mse.detach(), "student_timestep": pair.timesteps.float().mean()}
+        return ObjectiveOutput(loss, metrics)

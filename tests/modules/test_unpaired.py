@@ -54,3 +54,18 @@ def test_same_policy_and_reference_gives_half(tiny_policy, image_pair_batch):
     with torch.no_grad():
         out = module.shared_step(image_pair_batch, "val", 0)
     assert out.loss.item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_kto_reference_point_spans_ranks_through_the_module(tiny_policy, monkeypatch):
+    """The module sums KTO's [sum, count] over ranks with ``all_gather`` (faked: this rank's
+    [9, 3] and another's [10, 1]), so the reference point is (9 + 10) / (3 + 1) = 4.75."""
+    kto = DiffusionKTO()
+    module = UnpairedModule(tiny_policy, kto)
+    assert kto.global_mean(torch.tensor([1.0, 2.0, 6.0])).item() == 3.0  # no trainer: one rank
+
+    class TwoRanks:
+        world_size = 2
+
+    monkeypatch.setattr(module, "_trainer", TwoRanks())
+    monkeypatch.setattr(module, "all_gather", lambda t: torch.stack([t, torch.tensor([10.0, 1.0])]))
+    assert kto.global_mean(torch.tensor([1.0, 2.0, 6.0])).item() == 4.75

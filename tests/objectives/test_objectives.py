@@ -8,9 +8,15 @@ import torch
 from torch.testing import assert_close
 
 from lightning_pref import objectives
-from lightning_pref.modules import OfflinePairModule, UnpairedModule
-from lightning_pref.objectives import SFT, DiffusionDPO, PairObjective, UnpairedObjective
-from lightning_pref.types import DenoiseLabeled, DenoisePair
+from lightning_pref.modules import OfflinePairModule, SelfNPOModule, UnpairedModule
+from lightning_pref.objectives import (
+    SFT,
+    DiffusionDPO,
+    PairObjective,
+    TargetObjective,
+    UnpairedObjective,
+)
+from lightning_pref.types import DenoiseLabeled, DenoisePair, DenoiseToTarget
 
 
 def _concrete(base: type) -> list[type]:
@@ -25,7 +31,8 @@ def _concrete(base: type) -> list[type]:
 
 PAIR_OBJECTIVES = _concrete(PairObjective)
 UNPAIRED_OBJECTIVES = _concrete(UnpairedObjective)
-OFFLINE_OBJECTIVES = PAIR_OBJECTIVES + UNPAIRED_OBJECTIVES
+TARGET_OBJECTIVES = _concrete(TargetObjective)
+OFFLINE_OBJECTIVES = PAIR_OBJECTIVES + UNPAIRED_OBJECTIVES + TARGET_OBJECTIVES
 
 
 def make_labeled(pred, ref, labels, target=0.0) -> DenoiseLabeled:
@@ -172,13 +179,27 @@ def test_unpaired_loss_falls_when_policy_favours_desirable(objective_cls):
     assert objective(favour_d).loss < objective(favour_u).loss
 
 
+@pytest.mark.parametrize("objective_cls", TARGET_OBJECTIVES, ids=lambda c: c.__name__)
+def test_target_loss_falls_when_x0_moves_to_the_target(objective_cls):
+    """ā = 0.64, x_s = 1, target x̂0 = 0: an ε̂ whose x̂0 = (1 - 0.6·ε̂) / 0.8 sits closer to the
+    target (ε̂ = 1: x̂0 = 0.5) must score lower than one further away (ε̂ = 0: x̂0 = 1.25)."""
+    x_t, target = torch.ones(2, 1, 1, 2), torch.zeros(2, 1, 1, 2)
+    alphas, steps = torch.full((2, 1, 1, 1), 0.64), torch.zeros(2).long()
+    near = DenoiseToTarget(torch.ones_like(x_t), x_t, alphas, "epsilon", target, steps)
+    far = DenoiseToTarget(torch.zeros_like(x_t), x_t, alphas, "epsilon", target, steps)
+    objective = objective_cls()
+    assert objective(near).loss < objective(far).loss
+
+
 @pytest.mark.parametrize("objective_cls", OFFLINE_OBJECTIVES, ids=lambda c: c.__name__)
 def test_parameters_change_after_two_steps(objective_cls, tiny_policy, image_pair_batch):
     """Two AdamW steps through the module change most trainable weights and no frozen one (the
     objective's default noising runs too: DDIM/ReNoise inversion for InPO/SmPO)."""
-    module_cls = (
-        UnpairedModule if issubclass(objective_cls, UnpairedObjective) else OfflinePairModule
-    )
+    module_cls = OfflinePairModule
+    if issubclass(objective_cls, UnpairedObjective):
+        module_cls = UnpairedModule
+    elif issubclass(objective_cls, TargetObjective):
+        module_cls = SelfNPOModule
     module = module_cls(tiny_policy, objective_cls())
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}

@@ -7,8 +7,7 @@ import torch
 from torch.testing import assert_close
 
 from lightning_pref.models.noising import DDIMInversion, ForwardNoising, ReNoiseInversion
-from lightning_pref.objectives import DSPO, DiffusionDPO, DiffusionKTO, InPO, MaPO, SmPO
-from lightning_pref.objectives.kto import global_mean
+from lightning_pref.objectives import DSPO, DSPOSDXL, DiffusionDPO, DiffusionKTO, InPO, MaPO, SmPO
 from lightning_pref.objectives.mapo import snr_weight
 from tests.objectives.test_objectives import make_labeled, make_pair
 
@@ -135,8 +134,14 @@ def test_kto_exact_value_with_reference_point_and_weights():
     assert_close(weighted.loss, torch.tensor(1.5 * (1 - sigmoid(1.0))), rtol=0, atol=1e-6)
 
 
-def test_global_mean_single_process():
-    assert global_mean(torch.tensor([1.0, 2.0, 6.0])).item() == 3.0
+def test_global_mean_single_process_and_over_ranks():
+    """One process: (1 + 2 + 6) / 3 = 3. Two ranks with batches [1, 2, 6] and [10] (the module's
+    sum over ranks, faked): (9 + 10) / (3 + 1) = 4.75, not the mean of the two means (7.5)."""
+    kto = DiffusionKTO()
+    assert kto.global_mean(torch.tensor([1.0, 2.0, 6.0])).item() == 3.0
+    other_rank = torch.tensor([10.0, 1.0])  # its [sum, count]
+    kto.set_sum_over_ranks(lambda total: total + other_rank)
+    assert kto.global_mean(torch.tensor([1.0, 2.0, 6.0])).item() == 4.75
 
 
 def test_dspo_sdxl_form_exact_values():
@@ -145,9 +150,7 @@ def test_dspo_sdxl_form_exact_values():
     With threshold 2 (> 1): the near branch, loss = mean(w²) = w² too; with d = 0 (policy at the
     reference, inside 0, w = 0.5): near branch, loss = 0.25."""
     w = 1 - sigmoid(1.0)
-    assert DSPO(beta=1 / 3, form="sdxl")(_pair()).loss.item() == pytest.approx(w**2)
-    assert DSPO(beta=1 / 3, form="sdxl", threshold=2.0)(_pair()).loss.item() == pytest.approx(w**2)
+    assert DSPOSDXL(beta=1 / 3)(_pair()).loss.item() == pytest.approx(w**2)
+    assert DSPOSDXL(beta=1 / 3, threshold=2.0)(_pair()).loss.item() == pytest.approx(w**2)
     at_ref = make_pair([[2.0, 2.0]], [[1.0, 1.0]], [[2.0, 2.0]], [[1.0, 1.0]])
-    assert DSPO(beta=1 / 3, form="sdxl")(at_ref).loss.item() == pytest.approx(0.25)
-    with pytest.raises(ValueError, match="form"):
-        DSPO(form="sd3")
+    assert DSPOSDXL(beta=1 / 3)(at_ref).loss.item() == pytest.approx(0.25)

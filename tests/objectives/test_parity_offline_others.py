@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_pref.modules import OfflinePairModule, UnpairedModule
-from lightning_pref.objectives import DSPO, CaPO, DiffusionEXO, DiffusionKTO, MaPO
+from lightning_pref.objectives import DSPO, DSPOSDXL, CaPO, DiffusionEXO, DiffusionKTO, MaPO
 from lightning_pref.types import ImageLabelBatch, PairBatch
 from tests.objectives.parity import assert_parity, double_policy, perturb, pin_draws, trainable_grad
 
@@ -236,7 +236,7 @@ def test_dspo_parity(monkeypatch, form, beta, scale, delta, far):
     in the far case the pairs' mean(d²) straddle 0.1 (0.095, 0.108; batch mean 0.1015), so a
     switch per pair instead of on the batch mean would fail.
     """
-    objective = DSPO(beta=beta, form=form)
+    objective = DSPO(beta=beta) if form == "sd15" else DSPOSDXL(beta=beta)
     module, loss, grad, inputs = _our_pair_step(monkeypatch, objective, scale, delta)
     model_pred, ref_pred, target, _ = _official_pair_forward(module, *inputs)
     model_diff_w, model_diff_l = (model_pred - target).chunk(2)

@@ -14,6 +14,7 @@ from lightning_pref.objectives.self_npo import (
     self_npo_grid,
     truncated_diffusion_target,
 )
+from lightning_pref.types import DenoiseToTarget
 
 
 def test_pseudo_huber_exact():
@@ -23,10 +24,31 @@ def test_pseudo_huber_exact():
     expected = (math.sqrt(10) - 1 + math.sqrt(17) - 1) / 2
     assert_close(pseudo_huber(pred, target, 1.0), torch.tensor(expected), rtol=0, atol=1e-6)
     assert_close(pseudo_huber(pred, target, 1e-6), torch.tensor(3.5), rtol=0, atol=1e-5)
-    out = SelfNPOLoss(huber_c=1.0)(pred, target)
+    # the objective on ā_s = 1: x̂0 = (x_s - sqrt(1 - 1)·ε̂) / 1 = x_s = (3, 4), whatever ε̂
+    pair = to_target(pred.view(1, 1, 1, 2), target.view(1, 1, 1, 2), alpha=1.0)
+    out = SelfNPOLoss(huber_c=1.0)(pair)
     assert_close(out.loss, torch.tensor(expected), rtol=0, atol=1e-6)
     assert_close(out.metrics["x0_mse"], torch.tensor(12.5))
-    assert_close(SelfNPOLoss(huber_c=None)(pred, target).loss, torch.tensor(12.5))
+    assert_close(SelfNPOLoss(huber_c=None)(pair).loss, torch.tensor(12.5))
+
+
+def to_target(x_t, target_x0, alpha, pred=None, prediction_type="epsilon") -> DenoiseToTarget:
+    """A DenoiseToTarget with one ā for every sample; ε̂ = ``pred`` (default 0.5 everywhere)."""
+    n = x_t.shape[0]
+    pred = torch.full_like(x_t, 0.5) if pred is None else pred
+    alphas = torch.full((n, 1, 1, 1), alpha)
+    return DenoiseToTarget(pred, x_t, alphas, prediction_type, target_x0, torch.zeros(n).long())
+
+
+def test_objective_reads_x0_from_epsilon_and_v():
+    """ā = 0.64 (α = 0.8, σ = 0.6), x_s = 1, output 0.5, target x̂0 = 0:
+    ε: x̂0 = (1 - 0.6·0.5) / 0.8 = 0.875, L2 loss 0.765625;
+    v: x̂0 = α·x_s - σ·v = 0.8 - 0.3 = 0.5, L2 loss 0.25."""
+    x_t, target = torch.ones(1, 1, 1, 2), torch.zeros(1, 1, 1, 2)
+    eps = SelfNPOLoss(huber_c=None)(to_target(x_t, target, 0.64))
+    assert_close(eps.loss, torch.tensor(0.875**2), rtol=0, atol=1e-6)
+    v = SelfNPOLoss(huber_c=None)(to_target(x_t, target, 0.64, prediction_type="v_prediction"))
+    assert_close(v.loss, torch.tensor(0.25), rtol=0, atol=1e-6)
 
 
 def test_grid_is_the_official_one():

@@ -17,7 +17,8 @@ import sys
 import torch
 
 from lightning_pref.minipick.assets import MiniPickAssets
-from lightning_pref.minipick.proxy import MiniPickScore, load_pairs
+from lightning_pref.minipick.proxy import MiniPickScore
+from lightning_pref.minipick.proxy_train import load_pairs
 from lightning_pref.minipick.rater import GoldRater
 from lightning_pref.minipick.spm import StepAwareMiniPickScore
 
