@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from jsonargparse import ArgumentParser, lazy_instance
@@ -20,12 +21,14 @@ from lightning import LightningDataModule
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_pref.callbacks.checkpoint import LastCheckpoint
 from lightning_pref.callbacks.preemption import Preempted, Preemption
 from lightning_pref.callbacks.progress import StepProgressBar
 from lightning_pref.callbacks.run_summary import RunSummary
-from lightning_pref.errors import user_error
+from lightning_pref.errors import ConfigError, user_error
+from lightning_pref.models.files import check_checkpoint_file
 from lightning_pref.modules.base import PreferenceModule
 from lightning_pref.training.resume import resolve_last_checkpoint
 
@@ -80,10 +83,32 @@ class PreferenceCLI(LightningCLI):
             **kwargs,
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before Lightning opens it (to read its hyperparameters).
+
+        A missing, truncated or random file ends with one line instead of torch's traceback.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path not in (None, "last", "best", "hpc", "registry"):
+            if not Path(ckpt_path).exists():
+                raise ConfigError(f"--ckpt_path '{ckpt_path}' does not exist")
+            check_checkpoint_file(ckpt_path)
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
-        """``fit --ckpt_path last``: the newest checkpoint of this run's logger folder, or none."""
+        """``fit --ckpt_path last``: the newest readable checkpoint of this run's logger folder."""
         if self.subcommand == "fit" and self.config["fit"].get("ckpt_path") == "last":
             resolve_last_checkpoint(self.config["fit"])
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a configuration error Lightning raises after parsing becomes a ConfigError."""
+        try:
+            super()._run_subcommand(subcommand)
+        except (MisconfigurationException, ValueError) as err:
+            if not _raised_by_lightning(err):
+                raise
+            raise ConfigError(" ".join(str(err).split())) from err
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """Add :class:`StepProgressBar` unless the bar is off or the config brings its own."""
@@ -129,6 +154,15 @@ def parse_dataclass(cls: type[T], argv: list[str], prog: str, config_file: bool 
     parser = dataclass_parser(cls, prog, config_file)
     config = vars(parser.instantiate(parser.parse_args(argv)))
     return cls(**{f.name: config[f.name] for f in fields(cls)})  # type: ignore[call-arg]
+
+
+def _raised_by_lightning(err: BaseException) -> bool:
+    """True when the innermost frame of ``err`` is Lightning's own code (its trainer checks)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    path = Path(tb.tb_frame.f_code.co_filename).parts if tb is not None else ()
+    return "lightning" in path and "pytorch" in path
 
 
 def _quiet_known_warnings() -> None:

@@ -27,6 +27,7 @@ from lightning_pref.callbacks.ema import ema_state_from_checkpoint
 from lightning_pref.cli import PreferenceCLI
 from lightning_pref.data.pickapic import PickAPicDataModule
 from lightning_pref.errors import ConfigError, DataError, ModelLoadError
+from lightning_pref.models.files import check_checkpoint_file
 from lightning_pref.modules.base import PreferenceModule
 
 __all__ = [
@@ -134,6 +135,7 @@ def _read_checkpoint(ckpt_path: Path) -> dict[str, Any]:
     """Load a Lightning checkpoint safely (tensors and plain containers only)."""
     if not ckpt_path.is_file():
         raise ConfigError(f"checkpoint '{ckpt_path}' does not exist")
+    check_checkpoint_file(ckpt_path)
     try:
         checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
     except Exception as err:  # UnpicklingError for unsafe objects, RuntimeError for a torn file

@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjecti
 
 from lightning_pref.errors import ModelLoadError, first_line
 from lightning_pref.models.components import DiffusionComponents
+from lightning_pref.models.files import check_weights_folder
 
 __all__ = ["check_source", "load_components", "load_vae", "looks_like_local_path"]
 
@@ -94,6 +95,7 @@ def load_components(
     root = Path(pretrained).expanduser()
     if local:
         _check_layout(pretrained, root)
+        check_weights_folder(root)  # a Git LFS pointer or a broken file: one line, not a trace
     source = str(root) if local else pretrained
     kwargs: dict[str, Any] = {} if local else {"revision": revision}
     folder = root if local else None
@@ -202,6 +204,8 @@ def load_vae(vae_path: str) -> AutoencoderKL:
     root = Path(vae_path).expanduser()
     if local and not root.is_dir():
         raise ModelLoadError(f"VAE folder '{vae_path}' does not exist")
+    if local:
+        check_weights_folder(root)
     subfolder = "vae" if local and (root / "vae").is_dir() else None
     try:
         return AutoencoderKL.from_pretrained(str(root) if local else vae_path, subfolder=subfolder)

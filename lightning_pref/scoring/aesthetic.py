@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from transformers import CLIPModel
 
 from lightning_pref.errors import ModelLoadError, first_line
+from lightning_pref.models.files import check_weights_file
 from lightning_pref.models.loading import looks_like_local_path
 from lightning_pref.scoring.base import Scorer
 from lightning_pref.scoring.clip import (
@@ -61,6 +62,7 @@ def load_weights_file(path: Path) -> dict[str, Tensor]:
     Raises:
         ModelLoadError: one line, when the file cannot be read as plain tensors.
     """
+    check_weights_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

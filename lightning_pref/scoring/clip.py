@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
 
 from lightning_pref.errors import ModelLoadError, first_line
+from lightning_pref.models.files import check_weights_folder
 from lightning_pref.models.loading import looks_like_local_path
 
 __all__ = [
@@ -146,6 +147,7 @@ def resolve_weights(name: str) -> Path:
     folder = resolve_folder(name, (*_META_PATTERNS, "*.safetensors"))
     if not looks_like_local_path(name) and not any(folder.glob("*.safetensors")):
         folder = resolve_folder(name, (*_META_PATTERNS, "pytorch_model.bin"))
+    check_weights_folder(folder)
     return folder
 
 

@@ -14,18 +14,31 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from lightning_pref.errors import ModelLoadError
+from lightning_pref.models.files import check_checkpoint_file
+
 __all__ = ["find_last_checkpoint", "resolve_last_checkpoint"]
 
 log = logging.getLogger(__name__)
 
 
 def _newest_checkpoint(folder: Path) -> Path | None:
-    """The most recently written ``*.ckpt``, ``last.ckpt`` winning ties.
+    """The most recently written readable ``*.ckpt``, ``last.ckpt`` winning ties.
 
-    A checkpoint is a file, or a folder of shards under FSDP and DeepSpeed.
+    A checkpoint is a file, or a folder of shards under FSDP and DeepSpeed. An unreadable file
+    (truncated by a crash during the save, or overwritten) is skipped with a message naming it,
+    so the run resumes from the newest checkpoint that can be read and loses nothing older.
     """
     ckpts = sorted(folder.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"))
-    return ckpts[-1] if ckpts else None
+    for ckpt in reversed(ckpts):
+        try:
+            check_checkpoint_file(ckpt)
+        except ModelLoadError as err:
+            log.warning("--ckpt_path last: skipping %s", err)
+            print(f"--ckpt_path last: skipping {err}")
+            continue
+        return ckpt
+    return None
 
 
 def _version_number(path: Path) -> int:
