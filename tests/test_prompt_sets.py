@@ -69,9 +69,11 @@ def test_json_errors_name_the_file_and_the_expected_layout(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(DataError, match="JSON list of strings"):
         read_prompts(tmp_path / "bad.json")
-    (tmp_path / "objs.json").write_text('[{"text": "a"}]')
-    with pytest.raises(DataError, match="'prompt' key"):
+    (tmp_path / "objs.json").write_text('[{"title": "a"}]')
+    with pytest.raises(DataError, match="'caption', 'prompt' or 'text' key"):
         read_prompts(tmp_path / "objs.json")
+    (tmp_path / "texts.json").write_text('[{"text": "a"}, {"caption": "b"}]')  # SPO: caption
+    assert read_prompts(tmp_path / "texts.json") == ["a", "b"]
     (tmp_path / "torn.json").write_text('["a", ')
     with pytest.raises(DataError, match="not valid JSON"):
         read_prompts(tmp_path / "torn.json")
@@ -128,11 +130,11 @@ def test_partiprompts_tsv_takes_the_prompt_column(tmp_path):
 
 
 def test_unknown_format_missing_file_and_empty_set_are_one_line_errors(tmp_path):
-    (tmp_path / "p.csv").write_text("a,b\n")
+    (tmp_path / "p.xml").write_text("a,b\n")
     with pytest.raises(DataError) as info:
-        read_prompts(tmp_path / "p.csv")
+        read_prompts(tmp_path / "p.xml")
     message = str(info.value)
-    assert "unknown format" in message and ".tsv (PartiPrompts)" in message and "\n" not in message
+    assert "unknown format" in message and ".csv (DrawBench)" in message and "\n" not in message
     with pytest.raises(DataError, match="does not exist"):
         read_prompts(tmp_path / "nope.txt")
     (tmp_path / "empty.txt").write_text("\n  \n")
@@ -142,7 +144,7 @@ def test_unknown_format_missing_file_and_empty_set_are_one_line_errors(tmp_path)
     with pytest.raises(DataError, match="holds no .parquet or .json"):
         read_prompts(tmp_path / "empty_dir")
     with pytest.raises(DataError, match="max_prompts must be at least 1"):
-        read_prompts(tmp_path / "p.csv", max_prompts=0)
+        read_prompts(tmp_path / "p.xml", max_prompts=0)
 
 
 def test_example_eval_configs_parse_with_every_reward_scorer():

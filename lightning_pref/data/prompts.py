@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,34 +10,13 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_pref.data.parquet import resolve_data_files
+from lightning_pref.data.prompt_files import PROMPT_SUFFIXES, read_prompt_file
 from lightning_pref.data.sampler import ResumableDataLoader, ResumableSampler
 from lightning_pref.errors import DataError
 from lightning_pref.training.seeding import resolve_seed
 from lightning_pref.types import PromptBatch
 
 __all__ = ["PromptDataModule", "PromptList", "load_prompts"]
-
-_JSON_KEYS = ("caption", "prompt", "text")
-
-
-def _from_json(path: Path) -> list[str]:
-    data = json.loads(path.read_text())
-    if isinstance(data, dict):  # {"prompts": [...]} or {"train": [...]}
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise DataError(f"{path}: a JSON object must hold exactly one list of prompts")
-        data = lists[0]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of prompts")
-    out = []
-    for item in data:
-        if isinstance(item, dict):
-            key = next((k for k in _JSON_KEYS if k in item), None)
-            if key is None:
-                raise DataError(f"{path}: a prompt object needs one of the keys {_JSON_KEYS}")
-            item = item[key]
-        out.append(str(item))
-    return out
 
 
 def _from_parquet(spec: str) -> list[str]:
@@ -51,31 +29,28 @@ def _from_parquet(spec: str) -> list[str]:
     return list(seen)
 
 
-def load_prompts(source: str | Sequence[str]) -> list[str]:
+def load_prompts(
+    source: str | Sequence[str], category: str | None = None, challenge: str | None = None
+) -> list[str]:
     """Read prompts, dropping empty lines and surrounding whitespace.
 
     Args:
-        source: a list of prompts; a ``.txt`` file (one per line); a ``.json`` file (a list of
-            strings or of objects with ``caption``/``prompt``/``text``); or Pick-a-Pic parquet
-            files, globs or folders (the unique values of the ``caption`` column).
+        source: a list of prompts; a prompt file (:mod:`lightning_pref.data.prompt_files`:
+            ``.txt``, ``.json`` such as SPO's 4000 training prompts, PartiPrompts ``.tsv``,
+            DrawBench ``.csv``); or Pick-a-Pic parquet files, globs or folders (the unique values
+            of the ``caption`` column).
+        category: keep PartiPrompts' or DrawBench's rows of this category.
+        challenge: keep PartiPrompts' rows of this challenge.
 
     Raises:
         DataError: the source is missing, unreadable or holds no prompts.
     """
     if not isinstance(source, str):
         prompts = [str(p).strip() for p in source]
+    elif Path(source).suffix.lower() in PROMPT_SUFFIXES and Path(source).suffix != ".parquet":
+        prompts = read_prompt_file(source, category, challenge)
     else:
-        path = Path(source).expanduser()
-        if path.suffix == ".txt":
-            if not path.is_file():
-                raise DataError(f"prompts file '{source}' does not exist")
-            prompts = [line.strip() for line in path.read_text().splitlines()]
-        elif path.suffix == ".json":
-            if not path.is_file():
-                raise DataError(f"prompts file '{source}' does not exist")
-            prompts = [p.strip() for p in _from_json(path)]
-        else:
-            prompts = [p.strip() for p in _from_parquet(source)]
+        prompts = [p.strip() for p in _from_parquet(source)]
     prompts = [p for p in prompts if p]
     if not prompts:
         raise DataError(f"no prompts in {source if isinstance(source, str) else 'the list'}")
@@ -113,6 +88,8 @@ class PromptDataModule(L.LightningDataModule):
         val_batch_size: prompts per validation round; default ``batch_size``.
         max_val_prompts: use only the first this many validation prompts.
         seed: seed of the shuffle; None: the run's ``--seed_everything``.
+        category: keep the training prompts of this category (PartiPrompts .tsv, DrawBench .csv).
+        challenge: keep the training prompts of this challenge (PartiPrompts .tsv).
     """
 
     def __init__(
@@ -123,9 +100,12 @@ class PromptDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         max_val_prompts: int | None = None,
         seed: int | None = None,
+        category: str | None = None,
+        challenge: str | None = None,
     ) -> None:
         super().__init__()
         self.train_prompts, self.val_prompts = train_prompts, val_prompts
+        self.category, self.challenge = category, challenge
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.max_val_prompts, self.seed = max_val_prompts, resolve_seed(seed)
         self.train_set: PromptList | None = None
@@ -135,7 +115,7 @@ class PromptDataModule(L.LightningDataModule):
         """The training prompts (subclasses may generate them)."""
         if self.train_prompts is None:
             raise DataError("no training prompts: pass --data.init_args.train_prompts=<file>")
-        return load_prompts(self.train_prompts)
+        return load_prompts(self.train_prompts, self.category, self.challenge)
 
     def load_val(self) -> list[str] | None:
         """The validation prompts, or None."""

@@ -31,8 +31,11 @@ class EvaluateArgs:
         baseline: 'base' (the run's config without checkpoint), or a run folder or .ckpt (a
             negative model's run: base+NPO).
         prompts: a prompt file or folder: .txt (one per line), .json (a list; HPDv2 test.json or
-            benchmark styles), .parquet (Pick-a-Pic captions, de-duplicated) or .tsv
-            (PartiPrompts); default MiniPick's test prompts.
+            benchmark styles; SPO's training prompts), .parquet (Pick-a-Pic captions,
+            de-duplicated), .tsv (PartiPrompts) or .csv (DrawBench); default MiniPick's test
+            prompts.
+        category: keep the rows of this category (PartiPrompts .tsv, DrawBench .csv).
+        challenge: keep the rows of this challenge (PartiPrompts .tsv).
         max_prompts: use the first this many prompts; default all.
         num_samples: images per model; prompts are cycled.
         seed: seed of every draw; sample i is seeded by (seed, i).
@@ -60,6 +63,8 @@ class EvaluateArgs:
     run: str
     baseline: str = "base"
     prompts: str | None = None
+    category: str | None = None
+    challenge: str | None = None
     max_prompts: int | None = None
     num_samples: int = 512
     seed: int = 0

@@ -206,7 +206,7 @@ def prepare_evaluation(args: EvaluateArgs, negative_guidance: bool = False) -> E
         raise ConfigError(f"run '{run.config.parent}' has no checkpoint; pass a .ckpt with --run")
     base_run = run if args.baseline == "base" else find_run(args.baseline)
     base_ckpt = None if args.baseline == "base" else base_run.ckpt
-    prompts = read_prompts(args.prompts, args.max_prompts)
+    prompts = read_prompts(args.prompts, args.max_prompts, args.category, args.challenge)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     load = _Loader(torch.device(auto if args.device == "auto" else args.device))
     tuned = _side(load, run, run.ckpt, args.negative, args.merge_weight, args.ema)

@@ -1,11 +1,14 @@
 """Real files from public projects, in ``../shared/realfiles/`` next to the repository (its README
-lists each file, its source and its quirks). Tests that need them are skipped when it is absent."""
+lists each file, its source and its quirks), or where ``$LIGHTNING_PREF_REALFILES`` points. Tests
+that need them are skipped, with the reason, when the folder is absent."""
 
+import os
 from pathlib import Path
 
 import pytest
 
-REALFILES = Path(__file__).resolve().parents[3] / "shared" / "realfiles"
+DEFAULT = Path(__file__).resolve().parents[3] / "shared" / "realfiles"
+REALFILES = Path(os.environ.get("LIGHTNING_PREF_REALFILES", DEFAULT))
 
 
 @pytest.fixture(scope="session")
