@@ -14,7 +14,7 @@ from pathlib import Path
 from torch import Tensor
 
 from lightning_pref.evaluation.args import parse_evaluate_args
-from lightning_pref.evaluation.compare import SamplingOptions, evaluate_policies, save_grid
+from lightning_pref.evaluation.compare import evaluate_policies, save_grid
 from lightning_pref.evaluation.report import EvalReport
 from lightning_pref.evaluation.setup import prepare_evaluation
 from lightning_pref.models.sampling import sample_plan, sample_seeded
@@ -52,14 +52,7 @@ def main(argv: list[str]) -> EvalReport:
     """
     args = parse_evaluate_args(argv)
     setup = prepare_evaluation(args, negative_guidance=True)
-    assert args.num_steps is not None  # filled in by prepare_evaluation
-    options = SamplingOptions(
-        num_steps=args.num_steps,
-        guidance_scale=args.guidance_scale,
-        eta=args.eta,
-        batch_size=args.batch_size,
-        samples_per_prompt_for_diversity=args.diversity_samples,
-    )
+    options = args.sampling_options()
     report = evaluate_policies(
         setup.base.policy,
         setup.tuned.policy,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lightning_pref.cli import parse_dataclass
+from lightning_pref.evaluation.compare import SamplingOptions
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.scoring import Scorer
 
@@ -83,6 +84,17 @@ class EvaluateArgs:
     negative: str | None = None
     baseline_negative: str | None = None
     merge_weight: float = 0.0
+
+    def sampling_options(self) -> SamplingOptions:
+        """The sampler and diversity settings (``prepare_evaluation`` fills in ``num_steps``)."""
+        assert self.num_steps is not None, "prepare_evaluation fills in num_steps"
+        return SamplingOptions(
+            num_steps=self.num_steps,
+            guidance_scale=self.guidance_scale,
+            eta=self.eta,
+            batch_size=self.batch_size,
+            samples_per_prompt_for_diversity=self.diversity_samples,
+        )
 
 
 def default_num_steps(policy: DiffusionPolicy) -> int:

@@ -229,13 +229,7 @@ def evaluate_run_cached(args: EvaluateArgs, cache: BaseCache) -> tuple[EvalRepor
             "--baseline_negative (or a negative-model run as --baseline) is not cached: evaluate "
             "it with `python -m lightning_pref evaluate`"
         )
-    options = SamplingOptions(
-        num_steps=args.num_steps,
-        guidance_scale=args.guidance_scale,
-        eta=args.eta,
-        batch_size=args.batch_size,
-        samples_per_prompt_for_diversity=args.diversity_samples,
-    )
+    options = args.sampling_options()
     report, use = evaluate_policies_cached(
         cache,
         setup.base.policy,
