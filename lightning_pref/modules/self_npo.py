@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from lightning_pref.errors import TrainingDivergedError
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.modules.base import PreferenceModule
+from lightning_pref.objectives.base import TargetObjective
 from lightning_pref.objectives.self_npo import (
     SelfNPOLoss,
     renoise,
@@ -42,7 +43,8 @@ class SelfNPOModule(PreferenceModule):
 
     Args:
         policy: the diffusion model being tuned (official: the full UNet).
-        objective: the x0-space loss; None = pseudo-Huber with c = 0.001.
+        objective: the x0-space loss (a :class:`TargetObjective`); None = :class:`SelfNPOLoss`,
+            pseudo-Huber with c = 0.001.
         optimizer: optimizer factory (official SD1.5: AdamW8bit, lr 1e-6, wd 1e-3).
         lr_scheduler: optional LR-schedule factory, stepped every optimizer step.
         guidance_weight: w of the teacher, ``e_c + w·(e_c - e_u)`` (SD1.5: -1, SDXL: -5).
@@ -56,7 +58,7 @@ class SelfNPOModule(PreferenceModule):
     def __init__(
         self,
         policy: DiffusionPolicy,
-        objective: SelfNPOLoss | None = None,
+        objective: TargetObjective | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         guidance_weight: float = -1.0,
@@ -77,7 +79,7 @@ class SelfNPOModule(PreferenceModule):
 
     def configure_model(self) -> None:
         """Load the policy and make the teacher, a frozen copy of its UNet."""
-        super().configure_model()  # SelfNPOLoss.requires_reference is False: no reference
+        super().configure_model()  # TargetObjective.requires_reference is False: no reference
         if self.teacher_unet is None:
             self.teacher_unet = copy.deepcopy(self.policy.unet).requires_grad_(False).eval()
 

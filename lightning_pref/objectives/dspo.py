@@ -28,8 +28,10 @@ def _dspo_terms(pair: DenoisePair, beta: float) -> tuple[dict[str, Tensor], Tens
 class DSPO(PairObjective):
     """DSPO (Zhu et al., ICLR 2025), the SD1.5 branch of its official code (METHODS §5).
 
-    With DPO's ``inside = -0.5·β·((mse_w - mse_l) - (ref_mse_w - ref_mse_l))``, the winner's
-    prediction is regressed onto a preference-corrected target:
+    Source: huaishengzhu/DSPO @ 8b4e09b, ``train.py`` (``--train_method dspo``, the SD1.5
+    branch, lines 1168-1169); the β grid is its README's. With DPO's
+    ``inside = -0.5·β·((mse_w - mse_l) - (ref_mse_w - ref_mse_l))``, the winner's prediction is
+    regressed onto a preference-corrected target:
     ``loss = mean(((ε_θ^w - ε^w) - β·(1 - σ(inside))·(ε_θ^w - ε_ref^w))²)``, the mean over the
     batch and C, h, w. Gradients flow through ``inside`` and ``ε_θ^w`` (the reference is frozen).
     When β is small (the official 0.001) this is close to SFT on winners plus a weak pull away
@@ -53,7 +55,9 @@ class DSPO(PairObjective):
 class DSPOSDXL(PairObjective):
     """DSPO (Zhu et al., ICLR 2025), the SDXL branch of its official code (METHODS §5).
 
-    With DPO's ``inside`` (as :class:`DSPO`), ``d = ε_θ^w - ε_ref^w`` and ``w = 1 - σ(inside)``:
+    Source: huaishengzhu/DSPO @ 8b4e09b, ``train.py`` (``--train_method dspo`` with ``--sdxl``,
+    the SDXL branch, lines 1163-1167); the β grid is its README's. With DPO's ``inside`` (as
+    :class:`DSPO`), ``d = ε_θ^w - ε_ref^w`` and ``w = 1 - σ(inside)``:
     ``loss = mean((w·d)²)`` while the batch's ``mean(d²) ≥ threshold`` (0.1), else ``mean(w²)``.
     Near the reference it raises ``inside`` as DPO does; once the policy has moved away it pulls
     the winner's prediction back, weighted by how unsure the preference still is. Its official β

@@ -70,7 +70,8 @@ def make_pair(pred_w, pred_l, ref_w, ref_l, target=0.0, pref_prob=1.0) -> Denois
 
 def test_all_offline_objectives_found():
     names = {c.__name__ for c in OFFLINE_OBJECTIVES}
-    assert {"SFT", "DiffusionDPO", "SmPO", "InPO", "DSPO", "MaPO", "DiffusionKTO"} <= names
+    expected = {"SFT", "DiffusionDPO", "SmPO", "InPO", "DSPO", "DSPOSDXL", "MaPO", "DiffusionKTO"}
+    assert expected | {"SelfNPOLoss"} <= names  # Self-NPO gets the parametrised tests too
 
 
 def test_dpo_exact_value():

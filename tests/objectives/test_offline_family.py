@@ -144,13 +144,21 @@ def test_global_mean_single_process_and_over_ranks():
     assert kto.global_mean(torch.tensor([1.0, 2.0, 6.0])).item() == 4.75
 
 
-def test_dspo_sdxl_form_exact_values():
+def test_dspo_sdxl_exact_values():
     """β = 1/3, diff = -6 -> inside = 1, w = 1 - σ(1) = 0.2689414; d = pred_w - ref_w = 1 - 2 = -1
-    per entry, so mean(d²) = 1 ≥ 0.1: loss = mean((w·d)²) = w² = 0.0723295.
-    With threshold 2 (> 1): the near branch, loss = mean(w²) = w² too; with d = 0 (policy at the
-    reference, inside 0, w = 0.5): near branch, loss = 0.25."""
+    per entry, so mean(d²) = 1 ≥ 0.1: far branch, loss = mean((w·d)²) = w² = 0.0723295.
+    The branches differ when |d| ≠ 1: pred_w = 1, ref_w = 3 (d = -2, mean(d²) = 4), pred_l = 2,
+    ref_l = 1: mse 1, 4 and ref 9, 1 -> diff = -3 - 8 = -11; β = 2/11 -> inside = 1 again.
+    Threshold 0.1 (≤ 4): far, loss = mean((w·d)²) = 4w² = 0.2893179; threshold 5 (> 4): near,
+    loss = mean(w²) = w² = 0.0723295. With d = 0 (policy at the reference, inside 0, w = 0.5):
+    near branch, loss = 0.25."""
     w = 1 - sigmoid(1.0)
-    assert DSPOSDXL(beta=1 / 3)(_pair()).loss.item() == pytest.approx(w**2)
-    assert DSPOSDXL(beta=1 / 3, threshold=2.0)(_pair()).loss.item() == pytest.approx(w**2)
+    tol = {"rtol": 0, "atol": 1e-6}
+    assert_close(DSPOSDXL(beta=1 / 3)(_pair()).loss, torch.tensor(w**2), **tol)
+    moved = make_pair([[1.0, 1.0]], [[2.0, 2.0]], [[3.0, 3.0]], [[1.0, 1.0]])
+    far = DSPOSDXL(beta=2 / 11)(moved)
+    assert_close(far.loss, torch.tensor(4 * w**2), **tol)
+    assert far.metrics["implicit_acc"].item() == 1.0
+    assert_close(DSPOSDXL(beta=2 / 11, threshold=5.0)(moved).loss, torch.tensor(w**2), **tol)
     at_ref = make_pair([[2.0, 2.0]], [[1.0, 1.0]], [[2.0, 2.0]], [[1.0, 1.0]])
-    assert DSPOSDXL(beta=1 / 3)(at_ref).loss.item() == pytest.approx(0.25)
+    assert_close(DSPOSDXL(beta=1 / 3)(at_ref).loss, torch.tensor(0.25), **tol)
