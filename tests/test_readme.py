@@ -63,3 +63,77 @@ def test_readme_is_short_and_lists_every_objective():
     missing = [name for name in classes if f"| `{name}`" not in table]
     assert not missing, missing
     assert PreferenceObjective  # the base classes are not methods
+
+
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+
+
+def _section(text: str, start: str, end: str | None = None) -> str:
+    body = text[text.index(start) :]
+    return body[: body.index(end)] if end else body
+
+
+def test_readme_links_every_docs_page_and_each_links_back():
+    """The README's contents name every page of docs/; each page opens with a title and a link
+    back to the README; every relative link of the README and the pages resolves."""
+    assert len(DOCS) >= 8
+    contents = _section(README, "## Contents", "## Set-up")
+    for page in DOCS:
+        assert f"](docs/{page.name})" in contents, page.name
+        head = page.read_text().splitlines()[:3]
+        assert head[0].startswith("# "), page.name
+        assert "](../README.md)" in "\n".join(head), page.name
+    for page in [ROOT / "README.md", *DOCS]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if not target.startswith(("http://", "https://")):
+                assert (page.parent / target).exists(), f"{page.name}: {target}"
+
+
+def _objective_configs() -> dict[str, str]:
+    """``experiments/*.yaml`` that train an objective of ``lightning_pref.objectives``: the file
+    name -> the class name."""
+    import yaml
+
+    found = {}
+    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+        model = yaml.safe_load(path.read_text()).get("model") or {}
+        objective = (model.get("init_args") or {}).get("objective") or {}
+        class_path = objective.get("class_path", "") if isinstance(objective, dict) else objective
+        if class_path.startswith("lightning_pref.objectives."):
+            found[path.name] = class_path.rsplit(".", 1)[-1]
+    return found
+
+
+def test_objectives_table_names_every_config_under_its_class():
+    """Each objective config of experiments/ is in the row of the class it trains (TailorPO-G's
+    in the TailorPO + reward guidance row), and every config the table names exists."""
+    rows = [
+        line.split("|")[1:-1]
+        for line in _section(README, "## Objectives").splitlines()
+        if line.startswith("| `")
+    ]
+    by_class: dict[str, set[str]] = {}
+    for cells in rows:
+        name = re.findall(r"`(\w+)`", cells[0])[0]
+        configs = set(re.findall(r"`([\w.]+\.yaml)`", cells[-1]))
+        by_class.setdefault(name, set()).update(configs)
+        for config in configs:
+            assert (ROOT / "experiments" / config).exists(), config
+    configs = _objective_configs()
+    assert len(configs) >= 30
+    misplaced = {c: k for c, k in configs.items() if c not in by_class.get(k, set())}
+    assert not misplaced, misplaced
+
+
+def test_leaderboard_table_has_every_minipick_method():
+    """The README keeps the v2 leaderboard with a row for each method's MiniPick config, with the
+    gold, fidelity, taste and diversity columns."""
+    table = _section(README, "### Every method", "## Objectives")
+    header = next(line for line in table.splitlines() if line.startswith("| method"))
+    for column in ("gold win rate", "fidelity", "taste", "diversity"):
+        assert column in header, column
+    methods = [c for c in _objective_configs() if c.endswith("_minipick.yaml")]
+    assert len(methods) == 14
+    missing = [c for c in methods if f"(`{c}`)" not in table]
+    assert not missing, missing
+    assert len([line for line in table.splitlines() if line.startswith("| ") and "`" in line]) == 14

@@ -7,11 +7,8 @@ The world and the rater are pure torch; the policy, data and asset modules add t
 from lightning_pref.minipick.aesthetic import MiniPickAesthetic
 from lightning_pref.minipick.assets import MiniPickAssets
 from lightning_pref.minipick.cached import MiniPickSPM, SPMDataModule, SPMModule
-from lightning_pref.minipick.capo_data import (
-    CaPOSettings,
-    MiniPickCaPODataModule,
-    build_capo_folder,
-)
+from lightning_pref.minipick.capo_data import MiniPickCaPODataModule
+from lightning_pref.minipick.capo_pairs import CaPOSettings, build_capo_folder
 from lightning_pref.minipick.data import MiniPickDataModule, MiniPickPromptDataModule
 from lightning_pref.minipick.policy import MiniPickPolicy
 from lightning_pref.minipick.proxy import (

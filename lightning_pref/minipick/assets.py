@@ -1,13 +1,15 @@
 """MiniPick's cached assets: the pretrained base model and the Pick-a-Pic-format pairs.
 
 :class:`MiniPickAssets` is the one place that knows the build order (base model, pairs, proxy
-reward, scored pairs, step-aware model) and calls the builders, each of which takes its input
-folders as arguments. How an asset folder is built, sealed and checked is in
-:mod:`lightning_pref.minipick.store`.
+reward, scored pairs, step-aware model; CaPO's pairs from the base model and the proxy) and calls
+the builders, each of which takes its input folders as arguments. How an asset folder is built,
+sealed and checked is in :mod:`lightning_pref.minipick.store`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from lightning_pref.data.scored import score_pairs
 from lightning_pref.errors import ConfigError
 from lightning_pref.minipick.base_weights import install_committed_base
 from lightning_pref.minipick.build import build_pairs, pretrain_base
+from lightning_pref.minipick.capo_pairs import CAPO_DATA_VERSION, CaPOSettings, build_capo_pairs
 from lightning_pref.minipick.proxy import MiniPickScore
 from lightning_pref.minipick.proxy_train import train_proxy
 from lightning_pref.minipick.spm_train import train_spm
@@ -26,6 +29,7 @@ from lightning_pref.minipick.store import (
     AssetSettings,
     default_data_dir,
     ensure_asset,
+    is_complete,
 )
 
 __all__ = ["MiniPickAssets"]
@@ -118,6 +122,35 @@ class MiniPickAssets:
             lambda tmp: train_spm(base, pairs, proxy, tmp, self.settings),
             "step-aware preference model",
         )
+
+    def capo_dir(self, settings: CaPOSettings, build: bool = True) -> Path:
+        """CaPO's calibrated pairs (:mod:`~lightning_pref.minipick.capo_pairs`) with ``settings``.
+
+        Keyed by the base model's and the proxy's folder names, ``settings`` and the CaPO data
+        version; built by :meth:`write_capo`.
+        """
+        values = {
+            "base": self.base_dir(build=False).name,
+            "proxy": self.proxy_dir(build=False).name,
+            "settings": asdict(settings),
+            "version": CAPO_DATA_VERSION,
+        }
+        key = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
+        folder = self.root / f"capo-{key}"
+        if not build:
+            return folder
+        return ensure_asset(folder, lambda tmp: self.write_capo(tmp, settings), "CaPO pairs")
+
+    def write_capo(self, out_dir: Path, settings: CaPOSettings) -> dict:
+        """Write CaPO's pairs to ``out_dir`` from the cached base model and proxy (built if needed).
+
+        A complete proxy is used as it is, without building (or checking) the pairs it came from.
+        """
+        base = self.base_dir(build=True)
+        proxy = self.proxy_dir(build=False)
+        if not is_complete(proxy):
+            proxy = self.proxy_dir(build=True)
+        return build_capo_pairs(base, proxy, out_dir, settings)
 
     def describe(self) -> dict[str, object]:
         """Settings and folder names, for logs and reports."""

@@ -21,7 +21,7 @@ from lightning_pref.minipick.store import AssetSettings
 from lightning_pref.minipick.world import prompts
 from lightning_pref.models.components import DiffusionComponents
 from lightning_pref.models.policy import DiffusionPolicy
-from lightning_pref.models.sampling import sample_images
+from lightning_pref.models.sampling import sample_images, sample_plan, sample_seeded
 
 __all__ = [
     "ScratchMiniPickPolicy",
@@ -110,8 +110,6 @@ def base_quality(policy: DiffusionPolicy, num_samples: int = QUALITY_SAMPLES) ->
     seed 0, DDIM 10 steps, CFG 5) scored by the gold rater: the means of the gold reward, of its
     fidelity and taste groups (:meth:`GoldRater.score_groups`) and the median fidelity.
     """
-    from lightning_pref.models.sampling import sample_plan, sample_seeded
-
     captions, seeds = sample_plan(prompts("test"), num_samples, seed=0)
     rater = GoldRater()
     images = torch.cat(

@@ -7,9 +7,8 @@ from pathlib import Path
 from lightning_pref.data.pickapic import PickAPicDataModule
 from lightning_pref.data.prompts import PromptDataModule
 from lightning_pref.data.scored import ScoreLabels
-from lightning_pref.minipick.world import (
-    prompts,
-)
+from lightning_pref.minipick.assets import MiniPickAssets
+from lightning_pref.minipick.world import prompts
 
 __all__ = ["MiniPickDataModule", "MiniPickPromptDataModule"]
 
@@ -52,8 +51,6 @@ class MiniPickDataModule(PickAPicDataModule):
         score_labels: ScoreLabels | None = None,
         drop_ties: bool = True,
     ) -> None:
-        from lightning_pref.minipick.assets import MiniPickAssets
-
         self.assets = MiniPickAssets(data_dir)
         self.scored = score_labels is not None
         pairs = self._pairs(build=False)

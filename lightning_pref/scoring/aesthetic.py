@@ -5,22 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
-from transformers import CLIPModel
 
 from lightning_pref.errors import ModelLoadError, first_line
-from lightning_pref.models.files import check_weights_file
 from lightning_pref.models.loading import looks_like_local_path
 from lightning_pref.scoring.base import Scorer
 from lightning_pref.scoring.clip import (
     PROCESSOR_FILE,
     ClipPreprocess,
+    load_clip,
+    load_weights_file,
     resolve_folder,
-    resolve_weights,
 )
 
-__all__ = ["AESTHETIC_HEAD_FILE", "LAIONAesthetic", "RewardMLP", "load_clip", "load_weights_file"]
+__all__ = ["AESTHETIC_HEAD_FILE", "LAIONAesthetic", "RewardMLP"]
 
 AESTHETIC_HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 CLIP_L14 = "openai/clip-vit-large-patch14"
@@ -56,23 +54,6 @@ class RewardMLP(nn.Module):
         return self.layers(features).squeeze(-1)
 
 
-def load_weights_file(path: Path) -> dict[str, Tensor]:
-    """A state dict from safetensors, or from a torch pickle with ``weights_only=True``.
-
-    Raises:
-        ModelLoadError: one line, when the file cannot be read as plain tensors.
-    """
-    check_weights_file(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and format errors come in many types
-        raise ModelLoadError(f"cannot read weights from '{path}': {first_line(err)}") from err
-
-
 def _find_head(name: str) -> Path:
     """The head file: ``name`` itself, or ``AESTHETIC_HEAD_FILE`` (or one weights file) in it."""
     if looks_like_local_path(name) and Path(name).expanduser().is_file():
@@ -87,15 +68,6 @@ def _find_head(name: str) -> Path:
             "pass the head file itself as head_path"
         )
     return files[0]
-
-
-def load_clip(name: str) -> tuple[CLIPModel, Path]:
-    """A CLIP model (eval mode; no tokenizer needed) and its resolved folder."""
-    folder = resolve_weights(name)
-    try:
-        return CLIPModel.from_pretrained(str(folder)).eval(), folder
-    except Exception as err:  # format/shape/missing-file errors come in many types
-        raise ModelLoadError(f"failed to load CLIP from '{name}': {first_line(err)}") from err
 
 
 class LAIONAesthetic(Scorer):

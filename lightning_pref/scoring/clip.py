@@ -1,7 +1,8 @@
 """CLIP helpers shared by the CLIP-based scorers (PickScore, HPS, ImageReward, aesthetic, SPM).
 
 Differentiable CLIP preprocessing, finding a model folder (local, or a cached hub snapshot, with a
-one-line error naming the fix when offline) and loading CLIP with its tokenizer and preprocessing.
+one-line error naming the fix when offline), reading a weights file, and loading CLIP, a tokenizer
+and CLIP's preprocessing. Every error is one line naming what is missing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
 
 from lightning_pref.errors import ModelLoadError, first_line
-from lightning_pref.models.files import check_weights_folder
+from lightning_pref.models.files import check_weights_file, check_weights_folder
 from lightning_pref.models.loading import looks_like_local_path
 
 __all__ = [
@@ -24,7 +25,10 @@ __all__ = [
     "OPENAI_CLIP_STD",
     "PROCESSOR_FILE",
     "ClipPreprocess",
+    "load_clip",
     "load_clip_parts",
+    "load_tokenizer",
+    "load_weights_file",
     "resolve_folder",
     "resolve_weights",
 ]
@@ -151,6 +155,63 @@ def resolve_weights(name: str) -> Path:
     return folder
 
 
+def load_weights_file(path: Path) -> dict[str, Tensor]:
+    """A state dict from safetensors, or from a torch pickle with ``weights_only=True``.
+
+    Raises:
+        ModelLoadError: one line, when the file cannot be read as plain tensors.
+    """
+    check_weights_file(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and format errors come in many types
+        raise ModelLoadError(f"cannot read weights from '{path}': {first_line(err)}") from err
+
+
+def load_clip(name: str) -> tuple[CLIPModel, Path]:
+    """A CLIP model (eval mode; no tokenizer needed) and its resolved folder."""
+    folder = resolve_weights(name)
+    try:
+        return CLIPModel.from_pretrained(str(folder)).eval(), folder
+    except Exception as err:  # format/shape/missing-file errors come in many types
+        raise ModelLoadError(f"failed to load CLIP from '{name}': {first_line(err)}") from err
+
+
+def load_tokenizer(
+    folder: Path,
+    name: str,
+    hint: str,
+    files: Sequence[str] = _TOKENIZER_FILES,
+    hint_on_failure: bool = False,
+) -> PreTrainedTokenizerBase:
+    """The tokenizer in ``folder`` (resolved from ``name``), never remote code.
+
+    Args:
+        folder: the local folder holding the tokenizer.
+        name: what the user passed (folder or hub id), for the error messages.
+        hint: where the right tokenizer lives, appended to the missing-files error.
+        files: at least one of these must exist (transformers 5 otherwise builds an empty
+            tokenizer from a bare ``config.json`` without complaint).
+        hint_on_failure: also append ``hint`` when the files exist but fail to load.
+
+    Raises:
+        ModelLoadError: one line, when none of ``files`` exists or the tokenizer fails to load.
+    """
+    if not any((folder / f).is_file() for f in files):
+        raise ModelLoadError(f"'{name}' has no {' or '.join(files)} {hint}")
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as err:  # tokenizer errors come in many types
+        suffix = f" {hint}" if hint_on_failure else ""
+        raise ModelLoadError(
+            f"failed to load a tokenizer from '{name}': {first_line(err)}{suffix}"
+        ) from err
+
+
 def load_clip_parts(
     pretrained: str, processor_path: str | None, antialias: bool
 ) -> tuple[CLIPModel, PreTrainedTokenizerBase, ClipPreprocess, Path]:
@@ -163,15 +224,7 @@ def load_clip_parts(
     except Exception as err:  # format/shape/missing-file errors come in many types
         raise ModelLoadError(f"failed to load CLIP from '{pretrained}': {first_line(err)}") from err
     hint = "(PickScore_v1 keeps it in laion/CLIP-ViT-H-14-laion2B-s32B-b79K: pass processor_path)"
-    if not any((proc_folder / name).is_file() for name in _TOKENIZER_FILES):
-        # transformers 5 builds an empty CLIPTokenizer from a bare config.json without complaint
-        raise ModelLoadError(f"'{proc_name}' has no tokenizer.json or vocab.json {hint}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(proc_folder))
-    except Exception as err:
-        raise ModelLoadError(
-            f"failed to load a tokenizer from '{proc_name}': {first_line(err)} {hint}"
-        ) from err
+    tokenizer = load_tokenizer(proc_folder, proc_name, hint, hint_on_failure=True)
     config_file = next(
         (f / PROCESSOR_FILE for f in (proc_folder, folder) if (f / PROCESSOR_FILE).is_file()), None
     )

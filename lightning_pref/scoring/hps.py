@@ -7,13 +7,19 @@ from pathlib import Path
 
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
+from transformers import CLIPModel, PreTrainedTokenizerBase
 
 from lightning_pref.errors import ModelLoadError, first_line
 from lightning_pref.models.loading import looks_like_local_path
-from lightning_pref.scoring.aesthetic import load_clip, load_weights_file
 from lightning_pref.scoring.base import Scorer
-from lightning_pref.scoring.clip import PROCESSOR_FILE, ClipPreprocess, resolve_folder
+from lightning_pref.scoring.clip import (
+    PROCESSOR_FILE,
+    ClipPreprocess,
+    load_clip,
+    load_tokenizer,
+    load_weights_file,
+    resolve_folder,
+)
 from lightning_pref.scoring.convert import convert_open_clip_state_dict, open_clip_config
 from lightning_pref.scoring.pickscore import PickScore
 
@@ -72,17 +78,8 @@ def _load_hps_clip(
 def _load_processor(name: str, clip: CLIPModel) -> tuple[PreTrainedTokenizerBase, ClipPreprocess]:
     """Tokenizer and preprocessing from a folder or hub id (OpenAI statistics if no config)."""
     folder = resolve_folder(name)
-    if not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-        raise ModelLoadError(
-            f"'{name}' has no tokenizer.json or vocab.json (HPSv2 uses ViT-H-14's: pass "
-            f"processor_path {HPS_PROCESSOR})"
-        )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    except Exception as err:  # tokenizer errors come in many types
-        raise ModelLoadError(
-            f"failed to load a tokenizer from '{name}': {first_line(err)}"
-        ) from err
+    hint = f"(HPSv2 uses ViT-H-14's: pass processor_path {HPS_PROCESSOR})"
+    tokenizer = load_tokenizer(folder, name, hint, ("tokenizer.json", "vocab.json"))
     if (folder / PROCESSOR_FILE).is_file():
         return tokenizer, ClipPreprocess.from_config_file(folder / PROCESSOR_FILE, antialias=True)
     return tokenizer, ClipPreprocess(clip.config.vision_config.image_size, antialias=True)

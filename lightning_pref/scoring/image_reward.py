@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 from transformers import (
-    AutoTokenizer,
     BlipTextConfig,
     BlipTextModel,
     BlipVisionConfig,
@@ -17,9 +16,14 @@ from transformers import (
 )
 
 from lightning_pref.errors import ModelLoadError, first_line
-from lightning_pref.scoring.aesthetic import RewardMLP, load_weights_file
+from lightning_pref.scoring.aesthetic import RewardMLP
 from lightning_pref.scoring.base import Scorer
-from lightning_pref.scoring.clip import ClipPreprocess, resolve_folder
+from lightning_pref.scoring.clip import (
+    ClipPreprocess,
+    load_tokenizer,
+    load_weights_file,
+    resolve_folder,
+)
 from lightning_pref.scoring.convert import convert_image_reward_state_dict
 
 __all__ = ["IMAGE_REWARD_MEAN", "IMAGE_REWARD_STD", "ImageReward", "blip_configs"]
@@ -135,17 +139,8 @@ class ImageReward(Scorer):
 
     @staticmethod
     def _load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-        folder = resolve_folder(name)
-        if not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
-            raise ModelLoadError(
-                f"'{name}' has no tokenizer.json or vocab.txt (ImageReward uses {BERT_TOKENIZER})"
-            )
-        try:
-            return AutoTokenizer.from_pretrained(str(folder))
-        except Exception as err:  # tokenizer errors come in many types
-            raise ModelLoadError(
-                f"failed to load a tokenizer from '{name}': {first_line(err)}"
-            ) from err
+        hint = f"(ImageReward uses {BERT_TOKENIZER})"
+        return load_tokenizer(resolve_folder(name), name, hint, ("tokenizer.json", "vocab.txt"))
 
     def text_features(self, images: Tensor, captions: Sequence[str]) -> Tensor:
         """The ``[CLS]`` output ``[N, D]`` of the text encoder cross-attending to the images."""

@@ -12,6 +12,7 @@ import re
 import pytest
 import torch
 
+import lightning_pref.minipick.assets as assets_module
 import lightning_pref.minipick.capo_data as capo_data
 from lightning_pref.data import PairFolderDataModule
 from lightning_pref.data.calibrated import CalibratedPair, calibrated_rewards, pareto_front
@@ -23,16 +24,16 @@ from lightning_pref.minipick.aesthetic import (
 )
 from lightning_pref.minipick.assets import MiniPickAssets
 from lightning_pref.minipick.build import ScratchMiniPickPolicy
-from lightning_pref.minipick.capo_data import (
+from lightning_pref.minipick.capo_data import MiniPickCaPODataModule
+from lightning_pref.minipick.capo_pairs import (
     CaPOSettings,
-    MiniPickCaPODataModule,
     build_capo_folder,
     order_disagreement,
     pair_conflicts,
     sample_candidates,
 )
 from lightning_pref.minipick.proxy import MiniPickScore, ProxyConfig
-from lightning_pref.minipick.store import ensure_asset, is_complete
+from lightning_pref.minipick.store import default_data_dir, ensure_asset, is_complete
 from lightning_pref.minipick.world import prompts
 
 
@@ -172,7 +173,8 @@ def test_datamodule_builds_pareto_pairs_once_and_loads_them(tiny_assets, monkeyp
             assert lo in pareto_front(calibrated[p], upper=False)
             gap = float(calibrated[p, w].mean() - calibrated[p, lo].mean())
             assert gap > 0 and float(row["label"]) == pytest.approx((1 + gap) / 2, abs=1e-6)
-    monkeypatch.setattr(capo_data, "_build_from_assets", lambda *a, **k: pytest.fail("rebuilt"))
+    assert folder == tiny_assets.capo_dir(dm.capo_settings, build=False)
+    monkeypatch.setattr(assets_module, "build_capo_pairs", lambda *a, **k: pytest.fail("rebuilt"))
     dm.prepare_data()  # complete: reused
 
     data = PairFolderDataModule(str(folder), resolution=16, hflip=False, batch_size=2)
@@ -204,12 +206,12 @@ def test_command_line_passes_settings(monkeypatch, tmp_path):
     """``--pairs_per_prompt 0``: every front pair; ``--single_reward``: no aesthetic reward."""
     seen = {}
 
-    def fake_build(folder, data_dir, settings):
-        seen.update(folder=folder, data_dir=data_dir, settings=settings)
+    def fake_write(assets, folder, settings):
+        seen.update(folder=folder, root=assets.root, settings=settings)
         return {"settings": {}, "train": {"pairs": 0}}
 
-    monkeypatch.setattr(capo_data, "_build_from_assets", fake_build)
+    monkeypatch.setattr(MiniPickAssets, "write_capo", fake_write)
     argv = ["--out", str(tmp_path), "--samples_per_prompt", "6", "--pairs_per_prompt", "0"]
     capo_data.main([*argv, "--single_reward", "--seed", "3"])
-    assert seen["folder"] == tmp_path and seen["data_dir"] is None
+    assert seen["folder"] == tmp_path and seen["root"] == default_data_dir()
     assert seen["settings"] == CaPOSettings(6, None, 3, multi_reward=False)

@@ -22,7 +22,7 @@ from lightning_pref.models.files import (
     check_weights_folder,
 )
 from lightning_pref.models.tiny import save_tiny_pipeline
-from lightning_pref.scoring.aesthetic import load_weights_file
+from lightning_pref.scoring.clip import load_weights_file
 from lightning_pref.training.resume import find_last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
