@@ -195,7 +195,8 @@ def run_val_loader(
     """Validation pairs for a run: ``val_files``, else the run's own validation data, else None.
 
     ``val_files`` are read with the run's data settings (resolution, batch size) when its data
-    module is a :class:`PickAPicDataModule`, else at ``resolution``. A failure to read the run's
+    module is a :class:`PickAPicDataModule`, else at ``resolution``; they are read as v2 shards
+    with image bytes even if the run read the ``no_images`` layout. A failure to read the run's
     own validation data prints a note and returns None; a failure on ``val_files`` raises.
     """
     data = load_datamodule(config_path)
@@ -203,6 +204,7 @@ def run_val_loader(
         if not isinstance(data, PickAPicDataModule):
             data = PickAPicDataModule(resolution=resolution, batch_size=8)
         data.val_files = val_files
+        data.image_root = None  # --val_files are Pick-a-Pic v2 shards with their image bytes
     elif not isinstance(data, PickAPicDataModule) or not (data.val_files or data.dataset_name):
         return None
     try:

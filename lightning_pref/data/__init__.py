@@ -1,9 +1,14 @@
 """Data: preference pairs (Pick-a-Pic parquet, image folder + CSV), exact resume, transforms."""
 
 from lightning_pref.data.base import PairDataModule
-from lightning_pref.data.fake import PICKAPIC_SCHEMA, write_fake_pickapic
+from lightning_pref.data.fake import (
+    PICKAPIC_NO_IMAGES_SCHEMA,
+    PICKAPIC_SCHEMA,
+    write_fake_pickapic,
+)
 from lightning_pref.data.folder import PairFolderDataModule, read_pair_csv
 from lightning_pref.data.latent_cache import CachedPairDataModule, CachedPairs, build_latent_cache
+from lightning_pref.data.no_images import NO_IMAGES_COLUMNS, read_no_images, resolve_image_path
 from lightning_pref.data.pairs import (
     PairBuilder,
     PairCollate,
@@ -35,6 +40,8 @@ from lightning_pref.data.step_pool import StepPool, StepPoolSampler
 from lightning_pref.data.transforms import ImageTransform, decode_image
 
 __all__ = [
+    "NO_IMAGES_COLUMNS",
+    "PICKAPIC_NO_IMAGES_SCHEMA",
     "PICKAPIC_SCHEMA",
     "REQUIRED_COLUMNS",
     "SCORES_FILE",
@@ -68,8 +75,10 @@ __all__ = [
     "load_hub",
     "load_prompts",
     "local_split_files",
+    "read_no_images",
     "read_pair_csv",
     "resolve_data_files",
+    "resolve_image_path",
     "score_pairs",
     "write_fake_pickapic",
 ]

@@ -1,13 +1,17 @@
 """Seeded synthetic Pick-a-Pic v2 shards for tests and CPU smoke runs.
 
-The files use the column names, dtypes and shard naming of ``yuvalkirstain/pickapic_v2`` (its
-dataset card lists the features), so every code path that reads the real data reads these too.
-Images are tiny JPEGs of one coloured shape on a coloured background; both images of a pair
-share the caption. The output is byte-identical for a given seed and library versions.
+The files use the column names, order and dtypes of ``yuvalkirstain/pickapic_v2`` (its dataset
+card lists the features; ``images=False`` gives those of ``pickapic_v2_no_images``: the same
+without ``jpg_0``/``jpg_1``), so every code path that reads the real data reads these too. With
+``layout="hub"`` the shards are named as in the hub repositories, ``data/<split>-NNNNN-of-NNNNN-
+<16 hex>.parquet``. Images are tiny JPEGs of one coloured shape on a coloured background; both
+images of a pair share the caption. The output is byte-identical for a given seed and library
+versions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import uuid
@@ -20,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-__all__ = ["PICKAPIC_SCHEMA", "write_fake_pickapic"]
+__all__ = ["LAYOUTS", "PICKAPIC_NO_IMAGES_SCHEMA", "PICKAPIC_SCHEMA", "write_fake_pickapic"]
 
 PICKAPIC_SCHEMA = pa.schema(
     [
@@ -46,6 +50,14 @@ PICKAPIC_SCHEMA = pa.schema(
     ]
 )
 """Pick-a-Pic v2 features, in the order of the dataset card."""
+
+PICKAPIC_NO_IMAGES_SCHEMA = pa.schema(
+    [f for f in PICKAPIC_SCHEMA if f.name not in ("jpg_0", "jpg_1")]
+)
+"""Pick-a-Pic v2_no_images features: those of v2 without ``jpg_0``/``jpg_1``, in the same order."""
+
+LAYOUTS = ("splits", "hub")
+"""``splits``: ``<split>/<split>-NNNNN-of-NNNNN.parquet``; ``hub``: the hub repositories' names."""
 
 _COLOURS = {
     "red": (220, 40, 40),
@@ -142,6 +154,34 @@ def _corrupt(cols: dict, num_corrupt: int, seed: int) -> None:
         cols[column][i] = cols[column][i][: len(cols[column][i]) // 2]
 
 
+def _shard_path(out: Path, split: str, k: int, num_shards: int, layout: str, tag: str) -> Path:
+    """Where shard ``k`` of ``split`` goes (see ``LAYOUTS``); ``tag`` seeds the hub name's hash."""
+    name = f"{split}-{k:05d}-of-{num_shards:05d}"
+    if layout == "splits":
+        return out / split / f"{name}.parquet"
+    digest = hashlib.sha256(f"{tag}/{name}".encode()).hexdigest()[:16]
+    return out / "data" / f"{name}-{digest}.parquet"
+
+
+def _write_images(cols: dict, folder: Path) -> None:
+    """Moves ``jpg_0``/``jpg_1`` out of ``cols`` into ``folder/<image uid>.png`` files.
+
+    Each image is re-encoded as PNG (the same pixels as the JPEG decodes to), as the ``*_url``
+    columns name ``<uid>.png``; a corrupt (truncated) JPEG is written as it is.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in (0, 1):
+        for uid, data in zip(cols[f"image_{k}_uid"], cols.pop(f"jpg_{k}"), strict=True):
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    buffer = io.BytesIO()
+                    img.convert("RGB").save(buffer, format="PNG")
+                    data = buffer.getvalue()
+            except OSError:  # truncated: keep the broken bytes
+                pass
+            (folder / f"{uid}.png").write_bytes(data)
+
+
 def write_fake_pickapic(
     out_dir: str | Path,
     num_pairs: Mapping[str, int] | None = None,
@@ -149,11 +189,15 @@ def write_fake_pickapic(
     seed: int = 0,
     tie_fraction: float = 0.125,
     num_corrupt: int = 0,
+    layout: str = "splits",
+    images: bool = True,
 ) -> dict[str, list[Path]]:
-    """Writes seeded synthetic Pick-a-Pic v2 parquet shards.
+    """Writes seeded synthetic Pick-a-Pic v2 (or v2_no_images) parquet shards.
 
-    Layout: ``out_dir/<split>/<split>-00000-of-00001.parquet``, except ``train``, which is split
-    into ``train-00000-of-00002.parquet`` and ``train-00001-of-00002.parquet``.
+    Layout ``splits``: ``out_dir/<split>/<split>-00000-of-00001.parquet``, except ``train``, which
+    is split into ``train-00000-of-00002.parquet`` and ``train-00001-of-00002.parquet``. Layout
+    ``hub``: the same shards as ``out_dir/data/<split>-NNNNN-of-NNNNN-<16 hex>.parquet``, the
+    names of the hub repositories (the hex part is a hash of the seed, the split and the shard).
 
     Args:
         out_dir: Output folder (created if needed).
@@ -163,23 +207,32 @@ def write_fake_pickapic(
         tie_fraction: Fraction of each split's rows labelled 0.5/0.5.
         num_corrupt: Non-tie ``train`` rows whose ``jpg_0`` or ``jpg_1`` is cut to half its
             bytes (undecodable).
+        layout: ``splits`` or ``hub`` (see above).
+        images: False writes the v2_no_images columns and each image, as PNG, to
+            ``out_dir/images/<image uid>.png``, where the ``*_url`` column's basename points;
+            read them with ``PickAPicDataModule(image_root=out_dir/images)``.
 
     Returns:
-        The written files of each split.
+        The written shards of each split.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     out = Path(out_dir)
+    schema = PICKAPIC_SCHEMA if images else PICKAPIC_NO_IMAGES_SCHEMA
     written: dict[str, list[Path]] = {}
     for split, count in (num_pairs or _DEFAULT_PAIRS).items():
         cols = _split_rows(split, count, image_size, seed, tie_fraction)
         if split == "train":
             _corrupt(cols, num_corrupt, seed)
-        table = pa.Table.from_pydict(cols, schema=PICKAPIC_SCHEMA)
+        if not images:
+            _write_images(cols, out / "images")
+        table = pa.Table.from_pydict(cols, schema=schema)
         num_shards = 2 if split == "train" else 1
         bounds = [round(k * count / num_shards) for k in range(num_shards + 1)]
-        (out / split).mkdir(parents=True, exist_ok=True)
         written[split] = []
         for k in range(num_shards):
-            path = out / split / f"{split}-{k:05d}-of-{num_shards:05d}.parquet"
+            path = _shard_path(out, split, k, num_shards, layout, f"{seed}/{images}")
+            path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(table.slice(bounds[k], bounds[k + 1] - bounds[k]), path)
             written[split].append(path)
     return written

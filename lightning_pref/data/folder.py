@@ -56,7 +56,7 @@ class PairRecord:
     caption: str
     path_w: Path  # preferred image (unless label < 0.5)
     path_l: Path
-    label: float  # P(w ≻ l) in [0, 1]
+    label: float  # P(w ≻ l) in [0, 1]; NaN (no_images: a bad cell) is skipped when loaded
     where: str  # "pairs.csv line 7", for messages
 
 
@@ -156,12 +156,13 @@ class FolderPairs(Dataset):
             records: The CSV rows of one split.
             build: Row-to-pair builder (holds the transforms and the caption dropout).
             seed: Base seed of the per-sample generators.
-            drop_ties: Drop rows labelled exactly 0.5.
+            drop_ties: Drop rows labelled exactly 0.5 (counted in ``num_ties``).
             max_pairs: Keep only the first this many pairs (after dropping ties).
         """
         self.seed = seed
         self._make = SkipLogger(build)
         keep = [r for r in records if not (drop_ties and r.label == 0.5)]
+        self.num_ties = len(records) - len(keep)  # rows dropped as ties
         self.records = keep[:max_pairs] if max_pairs is not None else keep
 
     def __len__(self) -> int:
@@ -180,12 +181,17 @@ class FolderPairs(Dataset):
         return self._make(row, sample_rng(self.seed, epoch, index), where)
 
 
-def check_image_files(records: dict[str, list[PairRecord]], csv_path: Path) -> dict[str, int]:
+def check_image_files(
+    records: dict[str, list[PairRecord]],
+    csv_path: Path | str,
+    hint: str = "image paths are relative to the CSV's folder",
+) -> dict[str, int]:
     """Counts, per split, the rows that name a missing image file, and warns with the first one.
 
     Args:
         records: The CSV's records per split (:func:`read_pair_csv`).
-        csv_path: The CSV, for messages.
+        csv_path: The CSV (or another description of the source), for messages.
+        hint: How image paths are found, for the error when none exists.
 
     Returns:
         The number of rows per split with a missing ``image_w`` or ``image_l`` file.
@@ -214,8 +220,7 @@ def check_image_files(records: dict[str, list[PairRecord]], csv_path: Path) -> d
     if not found and any(records.values()):
         first = next(r for rows in records.values() for r in rows)
         raise DataError(
-            f"'{csv_path}': none of its image files exist (e.g. '{first.path_w}'); image paths "
-            "are relative to the CSV's folder"
+            f"'{csv_path}': none of its image files exist (e.g. '{first.path_w}'); {hint}"
         )
     return counts
 

@@ -204,8 +204,9 @@ class PickAPicPairs(Dataset):
             table: A ``datasets.Dataset`` with the Pick-a-Pic columns (images as raw bytes).
             build: Row-to-pair builder (holds the transforms and the caption dropout).
             seed: Base seed of the per-sample generators.
-            drop_ties: Keep only rows whose ``label_0`` is 0 or 1 (rows with a bad label are
-                kept here and skipped, with a count, when loaded).
+            drop_ties: Keep only rows whose ``label_0`` is 0 or 1 (the others are counted in
+                ``num_ties``; rows with a bad label are kept here and skipped, with a count, when
+                loaded).
             max_pairs: Keep only the first this many pairs (after dropping ties).
         """
         self.table = table
@@ -213,6 +214,7 @@ class PickAPicPairs(Dataset):
         self._make = SkipLogger(build)
         labels = table.data.column("label_0").to_pylist()
         keep = [i for i, v in enumerate(labels) if not drop_ties or label_status(v) != "soft"]
+        self.num_ties = len(labels) - len(keep)  # rows dropped as ties
         self.rows = keep[:max_pairs] if max_pairs is not None else keep
 
     def __len__(self) -> int:

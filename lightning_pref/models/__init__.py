@@ -5,11 +5,11 @@ from lightning_pref.models.fast import FastPath
 from lightning_pref.models.loading import load_components, load_vae
 from lightning_pref.models.policy import (
     DiffusionPolicy,
-    TinyDiffusionPolicy,
     pack_sdxl_conditioning,
     unpack_sdxl_conditioning,
 )
 from lightning_pref.models.tiny import (
+    TinyDiffusionPolicy,
     build_tiny_components,
     build_tiny_sdxl_components,
     save_tiny_clip,

@@ -1,4 +1,12 @@
-"""The only code that opens model folders or hub ids."""
+"""The only code that opens model folders or hub ids.
+
+Whatever dtype the files hold (an fp16 folder or ``variant="fp16"`` weights), the UNet loads in
+float32 (the trainable master weights; the Trainer's ``precision`` decides the compute dtype) and
+the frozen VAE and text encoder(s) in ``frozen_dtype``. A VAE whose config file sets
+``force_upcast`` (SDXL's, which overflows in fp16) stays float32 when ``frozen_dtype`` is float16,
+as the diffusers pipelines upcast it. A VAE config without ``scaling_factor`` (SD1.5's) gets
+diffusers' default 0.18215; extra config keys (configs re-saved by newer diffusers) are ignored.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -14,7 +23,13 @@ from lightning_pref.errors import ModelLoadError, first_line
 from lightning_pref.models.components import DiffusionComponents
 from lightning_pref.models.files import check_weights_folder
 
-__all__ = ["check_source", "load_components", "load_vae", "looks_like_local_path"]
+__all__ = [
+    "check_source",
+    "load_components",
+    "load_vae",
+    "looks_like_local_path",
+    "vae_dtype",
+]
 
 _REQUIRED = ("unet", "scheduler", "text_encoder", "tokenizer")
 
@@ -71,8 +86,11 @@ def load_components(
     variant: str | None = None,
     unet_path: str | None = None,
     vae_path: str | None = None,
+    frozen_dtype: torch.dtype = torch.float32,
 ) -> DiffusionComponents:
     """Load UNet, noise scheduler, text encoder(s), tokenizer(s) and optional VAE.
+
+    The dtypes: see the module docstring.
 
     An SDXL folder also gives ``text_encoder_2`` (with projection), ``tokenizer_2`` and
     ``model_index.json``'s ``force_zeros_for_empty_prompt`` (absent: True, the pipeline default).
@@ -87,6 +105,7 @@ def load_components(
         unet_path: load the UNet from this folder instead (e.g. an SFT-initialised UNet).
         vae_path: load the VAE from here instead (see :func:`load_vae`), e.g. SDXL's fp16-fix
             VAE ``madebyollin/sdxl-vae-fp16-fix`` as the official SDXL recipes do.
+        frozen_dtype: dtype of the frozen VAE and text encoder(s).
 
     Raises:
         ModelLoadError: one line naming what is missing and how to fix it.
@@ -105,11 +124,11 @@ def load_components(
             unet=_load_unet(source, unet_path, variant, kwargs),
             noise_scheduler=_load_scheduler(source, kwargs),
             text_encoder=CLIPTextModel.from_pretrained(
-                source, subfolder="text_encoder", variant=variant, **kwargs
+                source, subfolder="text_encoder", variant=variant, dtype=frozen_dtype, **kwargs
             ),
             tokenizer=_load_tokenizer(source, folder, kwargs),
         )
-        _load_optional_parts(parts, source, folder, index, variant, kwargs)
+        _load_optional_parts(parts, source, folder, index, variant, frozen_dtype, kwargs)
     except ModelLoadError:
         raise
     except Exception as err:  # hub/network/format errors come in many types
@@ -117,7 +136,7 @@ def load_components(
             raise ModelLoadError(f"failed to load '{pretrained}': {first_line(err)}") from err
         raise ModelLoadError(_hub_hint(pretrained)) from err
     if vae_path is not None:
-        parts.vae = load_vae(vae_path)
+        parts.vae = load_vae(vae_path, frozen_dtype)
     return parts
 
 
@@ -136,8 +155,10 @@ def _load_unet(
     source: str, unet_path: str | None, variant: str | None, kwargs: dict[str, Any]
 ) -> UNet2DConditionModel:
     if unet_path:
-        return UNet2DConditionModel.from_pretrained(unet_path)
-    return UNet2DConditionModel.from_pretrained(source, subfolder="unet", variant=variant, **kwargs)
+        return UNet2DConditionModel.from_pretrained(unet_path, torch_dtype=torch.float32)
+    return UNet2DConditionModel.from_pretrained(
+        source, subfolder="unet", variant=variant, torch_dtype=torch.float32, **kwargs
+    )
 
 
 def _load_optional_parts(
@@ -146,16 +167,18 @@ def _load_optional_parts(
     root: Path | None,
     index: dict[str, Any],
     variant: str | None,
+    frozen_dtype: torch.dtype,
     kwargs: dict[str, Any],
 ) -> None:
     """Add the VAE (if the folder has one) and SDXL's second text encoder and tokenizer."""
     if root is None or (root / "vae").is_dir():
-        parts.vae = AutoencoderKL.from_pretrained(
-            source, subfolder="vae", variant=variant, **kwargs
+        vae = AutoencoderKL.from_pretrained(
+            source, subfolder="vae", variant=variant, torch_dtype=torch.float32, **kwargs
         )
+        parts.vae = vae.to(vae_dtype(vae, frozen_dtype))
     if _has_component(index, root, "text_encoder_2"):
         parts.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
-            source, subfolder="text_encoder_2", variant=variant, **kwargs
+            source, subfolder="text_encoder_2", variant=variant, dtype=frozen_dtype, **kwargs
         )
         parts.tokenizer_2 = _load_tokenizer(source, root, kwargs, "tokenizer_2")
         # the SDXL pipeline's default when the flag is absent
@@ -189,13 +212,26 @@ def _load_scheduler(source: str, kwargs: dict[str, Any]) -> DDPMScheduler:
     return scheduler
 
 
-def load_vae(vae_path: str) -> AutoencoderKL:
+def vae_dtype(vae: AutoencoderKL, frozen_dtype: torch.dtype) -> torch.dtype:
+    """``frozen_dtype``, or float32 for a ``force_upcast`` VAE asked to run in float16.
+
+    Only a config file that sets ``force_upcast: true`` counts (SDXL's, whose VAE overflows in
+    fp16); SD1.x/2.x configs predate the key, diffusers defaults it to True, and their pipelines
+    run those VAEs in fp16.
+    """
+    defaulted = vae.config.get("_use_default_values") or []
+    upcast = bool(vae.config.get("force_upcast", False)) and "force_upcast" not in defaulted
+    return torch.float32 if upcast and frozen_dtype == torch.float16 else frozen_dtype
+
+
+def load_vae(vae_path: str, frozen_dtype: torch.dtype = torch.float32) -> AutoencoderKL:
     """A VAE from another folder or hub id than the model's (e.g. SDXL's fp16-fix VAE).
 
     Args:
         vae_path: a folder holding the VAE (its ``config.json`` and weights, or a diffusers
             pipeline folder with ``vae/``), or a hub id with the VAE at its root, such as
             ``madebyollin/sdxl-vae-fp16-fix``.
+        frozen_dtype: its dtype (see :func:`vae_dtype`).
 
     Raises:
         ModelLoadError: one line naming the fix.
@@ -208,11 +244,14 @@ def load_vae(vae_path: str) -> AutoencoderKL:
         check_weights_folder(root)
     subfolder = "vae" if local and (root / "vae").is_dir() else None
     try:
-        return AutoencoderKL.from_pretrained(str(root) if local else vae_path, subfolder=subfolder)
+        vae = AutoencoderKL.from_pretrained(
+            str(root) if local else vae_path, subfolder=subfolder, torch_dtype=torch.float32
+        )
     except Exception as err:
         if local:
             raise ModelLoadError(f"failed to load VAE '{vae_path}': {first_line(err)}") from err
         raise ModelLoadError(_hub_hint(vae_path, "vae_path")) from err
+    return vae.to(vae_dtype(vae, frozen_dtype))
 
 
 def _load_tokenizer(

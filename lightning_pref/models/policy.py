@@ -16,12 +16,13 @@ from lightning_pref.models.loading import check_source, load_components
 
 __all__ = [
     "DiffusionPolicy",
-    "TinyDiffusionPolicy",
     "pack_sdxl_conditioning",
     "unpack_sdxl_conditioning",
 ]
 
 PredictionType = Literal["epsilon", "v_prediction"]
+FrozenDType = Literal["float32", "bfloat16", "float16"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 SDXL_NUM_TIME_IDS = 6  # (H, W, crop top, crop left, target H, target W)
 
@@ -83,6 +84,12 @@ class DiffusionPolicy(nn.Module):
             recipes use the fp16-fix VAE ``madebyollin/sdxl-vae-fp16-fix`` (METHODS §1.3, §2.4).
         force_zeros_for_empty_prompt: SDXL only: encode ``""`` as zeros; None = the folder's
             ``model_index.json`` flag (True for SDXL base).
+        frozen_dtype: dtype of the frozen VAE and text encoder(s), whatever the files hold
+            (``float16`` or ``bfloat16`` halve their memory; a ``force_upcast`` VAE such as
+            SDXL's stays float32 under ``float16``). The UNet always loads in float32 (the
+            trainable master weights; the Trainer's ``precision`` sets the compute dtype) and
+            the text and image encodings are cast to the UNet's dtype, so an fp16 folder and an
+            fp32 folder train alike. A ``copy`` reference takes ``fast.reference_dtype``.
     """
 
     def __init__(
@@ -99,8 +106,14 @@ class DiffusionPolicy(nn.Module):
         check_source: bool = True,
         vae_path: str | None = None,
         force_zeros_for_empty_prompt: bool | None = None,
+        frozen_dtype: FrozenDType = "float32",
     ) -> None:
         super().__init__()
+        if frozen_dtype not in _DTYPES:
+            raise ConfigError(
+                f"frozen_dtype must be one of {sorted(_DTYPES)}, got {frozen_dtype!r}"
+            )
+        self.frozen_dtype = frozen_dtype
         self.pretrained = pretrained
         self.revision = revision
         self.variant = variant
@@ -127,7 +140,12 @@ class DiffusionPolicy(nn.Module):
     def _load_components(self) -> DiffusionComponents:
         """Return the model parts; subclasses may build them in code instead."""
         return load_components(
-            self.pretrained, self.revision, self.variant, self.unet_path, self.vae_path
+            self.pretrained,
+            self.revision,
+            self.variant,
+            self.unet_path,
+            self.vae_path,
+            _DTYPES[self.frozen_dtype],
         )
 
     def build(self) -> None:
@@ -226,6 +244,11 @@ class DiffusionPolicy(nn.Module):
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def compute_dtype(self) -> torch.dtype:
+        """The UNet's weights dtype: text and image encodings are cast to it."""
+        return next(self.unet.parameters()).dtype
+
+    @property
     def prediction_type(self) -> str:
         """``epsilon`` or ``v_prediction``."""
         return str(self.noise_scheduler.config.prediction_type)
@@ -265,7 +288,8 @@ class DiffusionPolicy(nn.Module):
         """
         captions = list(captions)
         if not self.is_sdxl:
-            return self.text_encoder(self._token_ids(self.tokenizer, captions))[0]
+            hidden = self.text_encoder(self._token_ids(self.tokenizer, captions))[0]
+            return hidden.to(self.compute_dtype)  # [B, L, D]
         ids_1 = self._token_ids(self.tokenizer, captions)
         ids_2 = self._token_ids(self.tokenizer_2, captions)
         out_1 = self.text_encoder(ids_1, output_hidden_states=True)
@@ -275,7 +299,7 @@ class DiffusionPolicy(nn.Module):
         if self.zero_empty_prompt:
             empty = torch.tensor([c == "" for c in captions], device=packed.device)
             packed = packed.masked_fill(empty.view(-1, 1, 1), 0.0)
-        return packed
+        return packed.to(self.compute_dtype)
 
     @torch.no_grad()
     def encode_images(self, pixels: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -286,7 +310,7 @@ class DiffusionPolicy(nn.Module):
         latents = dist.sample(generator=generator) * self.vae.config.scaling_factor
         # the VAE hands back channels-last strides; with them the policy (grad) and reference
         # (no grad) convolutions pick different kernels and differ by ~1e-6
-        return latents.contiguous()
+        return latents.to(self.compute_dtype).contiguous()
 
     def decode_latents(self, latents: Tensor) -> Tensor:
         """Latents → images in [-1, 1] (identity for a pixel-space model).
@@ -296,7 +320,8 @@ class DiffusionPolicy(nn.Module):
         """
         if self.vae is None:
             return latents.clamp(-1, 1)
-        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        scaled = (latents / self.vae.config.scaling_factor).to(self.vae.dtype)
+        images = self.vae.decode(scaled).sample.to(latents.dtype)
         return images.clamp(-1, 1)
 
     # ------------------------------------------------------------------ noising
@@ -339,55 +364,3 @@ class DiffusionPolicy(nn.Module):
     def forward(self, x_t: Tensor, timesteps: Tensor, prompt_embeds: Tensor) -> Tensor:
         """The UNet's prediction ``[N, C, h, w]`` (ε or v)."""
         return self.unet_forward(self.unet, x_t, timesteps, prompt_embeds)
-
-
-class TinyDiffusionPolicy(DiffusionPolicy):
-    """A seeded tiny model built in code (see :func:`build_tiny_components`), for tests and demos.
-
-    Args:
-        sample_size: latent size of the UNet (images are twice that with the VAE).
-        block_out_channels: UNet widths.
-        cross_attention_dim: text width.
-        with_vae: latent model with a tiny VAE, or pixel-space without one.
-        seed: initialisation seed.
-        prediction_type: ``epsilon`` or ``v_prediction``.
-        lora_rank: LoRA rank, or None for full fine-tuning.
-        lora_alpha: LoRA alpha; None = rank.
-        sdxl: an SDXL-shaped model (:func:`~lightning_pref.models.build_tiny_sdxl_components`);
-            ``cross_attention_dim`` is then the width of both text encoders together.
-    """
-
-    def __init__(
-        self,
-        sample_size: int = 8,
-        block_out_channels: Sequence[int] = (8, 16),
-        cross_attention_dim: int = 16,
-        with_vae: bool = True,
-        seed: int = 0,
-        prediction_type: PredictionType = "epsilon",
-        lora_rank: int | None = None,
-        lora_alpha: float | None = None,
-        sdxl: bool = False,
-    ) -> None:
-        super().__init__(
-            pretrained="<tiny>",
-            prediction_type=prediction_type,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            check_source=False,
-        )
-        self.tiny_kwargs = {
-            "sample_size": sample_size,
-            "block_out_channels": tuple(block_out_channels),
-            "cross_attention_dim": cross_attention_dim,
-            "with_vae": with_vae,
-            "prediction_type": prediction_type,
-            "seed": seed,
-        }
-        self.sdxl = sdxl
-
-    def _load_components(self) -> DiffusionComponents:
-        from lightning_pref.models.tiny import build_tiny_components, build_tiny_sdxl_components
-
-        build = build_tiny_sdxl_components if self.sdxl else build_tiny_components
-        return build(**self.tiny_kwargs)  # type: ignore[arg-type]

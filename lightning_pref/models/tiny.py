@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -24,8 +25,10 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from lightning_pref.models.components import DiffusionComponents
+from lightning_pref.models.policy import DiffusionPolicy, PredictionType
 
 __all__ = [
+    "TinyDiffusionPolicy",
     "build_tiny_components",
     "build_tiny_sdxl_components",
     "save_tiny_clip",
@@ -295,3 +298,53 @@ def save_tiny_clip(folder: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(str(folder))
     tiny_tokenizer(16).save_pretrained(str(folder))
     return Path(folder)
+
+
+class TinyDiffusionPolicy(DiffusionPolicy):
+    """A seeded tiny model built in code (see :func:`build_tiny_components`), for tests and demos.
+
+    Args:
+        sample_size: latent size of the UNet (images are twice that with the VAE).
+        block_out_channels: UNet widths.
+        cross_attention_dim: text width.
+        with_vae: latent model with a tiny VAE, or pixel-space without one.
+        seed: initialisation seed.
+        prediction_type: ``epsilon`` or ``v_prediction``.
+        lora_rank: LoRA rank, or None for full fine-tuning.
+        lora_alpha: LoRA alpha; None = rank.
+        sdxl: an SDXL-shaped model (:func:`~lightning_pref.models.build_tiny_sdxl_components`);
+            ``cross_attention_dim`` is then the width of both text encoders together.
+    """
+
+    def __init__(
+        self,
+        sample_size: int = 8,
+        block_out_channels: Sequence[int] = (8, 16),
+        cross_attention_dim: int = 16,
+        with_vae: bool = True,
+        seed: int = 0,
+        prediction_type: PredictionType = "epsilon",
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        sdxl: bool = False,
+    ) -> None:
+        super().__init__(
+            pretrained="<tiny>",
+            prediction_type=prediction_type,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            check_source=False,
+        )
+        self.tiny_kwargs = {
+            "sample_size": sample_size,
+            "block_out_channels": tuple(block_out_channels),
+            "cross_attention_dim": cross_attention_dim,
+            "with_vae": with_vae,
+            "prediction_type": prediction_type,
+            "seed": seed,
+        }
+        self.sdxl = sdxl
+
+    def _load_components(self) -> DiffusionComponents:
+        build = build_tiny_sdxl_components if self.sdxl else build_tiny_components
+        return build(**self.tiny_kwargs)  # type: ignore[arg-type]

@@ -114,18 +114,20 @@ class OfflinePairModule(DenoisingModule):
         self._check_cache_shapes(batch)
         vae = self.policy.vae
         scale = float(vae.config.scaling_factor) if vae is not None else 1.0
-        embeds = batch.prompt_embeds.float()  # [B, L, D] (the text encoders run in fp32)
+        embeds = batch.prompt_embeds.to(self.policy.compute_dtype)  # [B, L, D]
         pref_prob = batch.pref_prob.float()
         dtype = vae.dtype if vae is not None else torch.float32
         if not self.objective.uses_loser:
             std_w = None if batch.std_w is None else batch.std_w.to(dtype)
             latents_w = sample_posterior(batch.mean_w.to(dtype), std_w, scale, generator)
+            latents_w = latents_w.to(self.policy.compute_dtype)
             return PairBatch(latents_w, latents_w, embeds, pref_prob)
         mean = torch.cat([batch.mean_w, batch.mean_l]).to(dtype)  # [2B, C, h, w]
         std = None
         if batch.std_w is not None and batch.std_l is not None:
             std = torch.cat([batch.std_w, batch.std_l]).to(dtype)
-        latents_w, latents_l = sample_posterior(mean, std, scale, generator).chunk(2)
+        latents = sample_posterior(mean, std, scale, generator).to(self.policy.compute_dtype)
+        latents_w, latents_l = latents.chunk(2)  # [B, C, h, w] each
         return PairBatch(latents_w, latents_l, embeds, pref_prob)
 
     def _check_cache_shapes(self, batch: LatentPairBatch) -> None:

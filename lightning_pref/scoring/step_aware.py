@@ -254,7 +254,8 @@ def split_spo_state_dict(
 
     Unverified against the released files (see the module docstring). Keys may carry SPO's
     ``model.`` prefix. Load the first with ``clip.load_state_dict(..., strict=False)`` (old
-    checkpoints carry a ``text_model.embeddings.position_ids`` buffer) and the second strictly.
+    checkpoints carry ``text_model.embeddings.position_ids`` and
+    ``vision_model.embeddings.position_ids`` buffers) and the second strictly.
     """
     clip_sd: dict[str, Tensor] = {}
     mod_sd: dict[str, Tensor] = {}

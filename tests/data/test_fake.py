@@ -99,3 +99,8 @@ def test_committed_assets_match_the_generator(tmp_path, tiny_dir):
 def test_too_many_corrupt_rows_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="num_corrupt"):
         write_fake_pickapic(tmp_path, {"train": 4}, tie_fraction=0.5, num_corrupt=3)
+
+
+def test_unknown_layout_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="layout must be one of splits, hub"):
+        write_fake_pickapic(tmp_path, {"train": 4}, layout="flat")

@@ -131,7 +131,7 @@ def test_inversion_target_is_the_implied_noise(strategy, tiny_policy):
 
 
 def test_forward_noising_matches_policy():
-    from lightning_pref.models.policy import TinyDiffusionPolicy
+    from lightning_pref.models.tiny import TinyDiffusionPolicy
 
     policy = TinyDiffusionPolicy(prediction_type="v_prediction")
     policy.build()

@@ -1,0 +1,119 @@
+"""Real Stable Diffusion folders with random weights, made from ``sd_configs/`` of the real files.
+
+:func:`random_weights_folder` copies a real diffusers folder (model_index, scheduler, tokenizers,
+every ``config.json``) and writes weights drawn at random from each model's own config, in the
+dtype asked for. Full size keeps every config byte for byte (the slow tests); ``small=True``
+shrinks the widths and depths of each model (the default suite's stand-ins) but keeps every other
+key: prediction type, ``use_linear_projection``, ``upcast_attention``, the missing
+``scaling_factor``, ``force_upcast``, the SDXL size conditioning and the real vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+SD15 = "sd15_stable-diffusion-v1-5"
+SD21 = "sd21_stable-diffusion-2-1"
+SDXL = "sdxl_stable-diffusion-xl-base-1.0"
+TEXT_WIDTH = 32  # each stand-in text encoder's width (SDXL: two of them, 64 together)
+_MODELS = {
+    "unet": (UNet2DConditionModel, "diffusion_pytorch_model"),
+    "vae": (AutoencoderKL, "diffusion_pytorch_model"),
+    "text_encoder": (CLIPTextModel, "model"),
+    "text_encoder_2": (CLIPTextModelWithProjection, "model"),
+}
+
+
+def _small_text(config: dict) -> dict:
+    return {
+        **config,
+        "hidden_size": TEXT_WIDTH,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "projection_dim": TEXT_WIDTH,
+    }
+
+
+def _small_unet(config: dict) -> dict:
+    blocks = len(config["block_out_channels"])
+    heads = config["attention_head_dim"]
+    text = TEXT_WIDTH * (2 if config.get("addition_embed_type") == "text_time" else 1)
+    small = {
+        **config,
+        "block_out_channels": [32] + [64] * (blocks - 1),
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "attention_head_dim": [2] + [4] * (blocks - 1) if isinstance(heads, list) else 4,
+        "cross_attention_dim": text,
+    }
+    if "transformer_layers_per_block" in config:
+        small["transformer_layers_per_block"] = 1
+    if config.get("addition_embed_type") == "text_time":
+        small["addition_time_embed_dim"] = 8
+        small["projection_class_embeddings_input_dim"] = TEXT_WIDTH + 6 * 8
+    return small
+
+
+def _small_vae(config: dict) -> dict:
+    blocks = len(config["block_out_channels"])
+    return {**config, "block_out_channels": [32] * blocks, "layers_per_block": 1}
+
+
+_SHRINK = {
+    "unet": _small_unet,
+    "vae": _small_vae,
+    "text_encoder": _small_text,
+    "text_encoder_2": _small_text,
+}
+
+
+def random_weights_folder(
+    source: Path,
+    out: Path,
+    dtype: torch.dtype = torch.float32,
+    small: bool = True,
+    variant: str | None = None,
+    seed: int = 0,
+    values: torch.dtype | None = None,
+) -> Path:
+    """Copy the real folder ``source`` to ``out`` with random weights in ``dtype``.
+
+    Args:
+        source: a real diffusers folder of ``sd_configs/``.
+        out: the new folder (created).
+        dtype: the weights' dtype on disk.
+        small: shrink each model (see the module docstring); False keeps the real sizes.
+        variant: write ``*.{variant}.safetensors`` files (as ``variant="fp16"`` downloads).
+        seed: initialisation seed.
+        values: round the weights through this dtype first (float16: an fp32 folder that holds
+            exactly the values of the fp16 one); None = ``dtype``.
+    """
+    values = values or dtype
+    shutil.copytree(source, out)
+    for name, (cls, stem) in _MODELS.items():
+        config_file = out / name / "config.json"
+        if not config_file.is_file():
+            continue
+        real = json.loads(config_file.read_text())
+        config = _SHRINK[name](real) if small else real
+        torch.manual_seed(seed)
+        if issubclass(cls, UNet2DConditionModel | AutoencoderKL):
+            model = cls.from_config(config)
+        else:
+            model = cls(CLIPTextConfig(**config))
+        suffix = f".{variant}.safetensors" if variant else ".safetensors"
+        tensors = {
+            k: v.to(values).to(dtype).contiguous().clone() for k, v in model.state_dict().items()
+        }
+        save_file(tensors, str(out / name / f"{stem}{suffix}"), metadata={"format": "pt"})
+        if small:  # the shrunk sizes, with every other key of the real config
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out
