@@ -43,10 +43,10 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
 )
-from torch import Tensor, nn
 
 from lightning_pref.cli import parse_dataclass
 from lightning_pref.errors import ConfigError
+from lightning_pref.models.lora import lora_state_dict
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.runs import RunPaths, find_run, load_module
 
@@ -57,7 +57,6 @@ __all__ = [
     "export_policy",
     "build_pipeline",
     "find_checkpoint",
-    "lora_state_dict",
     "pipeline_class",
 ]
 
@@ -181,20 +180,6 @@ def ddim_scheduler(policy: DiffusionPolicy) -> DDIMScheduler:
     if not torch.allclose(scheduler.alphas_cumprod.float(), policy.alphas_cumprod.cpu()):
         raise ConfigError("the policy's noise schedule cannot be written as a DDIMScheduler")
     return scheduler
-
-
-def lora_state_dict(unet: nn.Module) -> dict[str, Tensor]:
-    """The UNet's LoRA weights in diffusers' format, the ``alpha/r`` scale folded into lora_B."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.tuners.lora import LoraLayer
-    from peft.utils import get_peft_model_state_dict
-
-    state = dict(get_peft_model_state_dict(unet))  # "<module>.lora_A.weight", adapter name dropped
-    for name, module in unet.named_modules():
-        if isinstance(module, LoraLayer) and "default" in module.scaling:
-            key = f"{name}.lora_B.weight"
-            state[key] = state[key] * module.scaling["default"]
-    return convert_state_dict_to_diffusers(state)
 
 
 def _base_model(policy: DiffusionPolicy) -> dict[str, Any]:

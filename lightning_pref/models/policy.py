@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_pref.errors import ConfigError
+from lightning_pref.errors import ConfigError, ModelLoadError
 from lightning_pref.models.components import DiffusionComponents
 from lightning_pref.models.loading import check_source, load_components
+from lightning_pref.models.lora import load_lora_init
 
 __all__ = [
     "DiffusionPolicy",
@@ -78,6 +80,11 @@ class DiffusionPolicy(nn.Module):
         lora_rank: train LoRA adapters of this rank instead of the full UNet; None = full.
         lora_alpha: LoRA alpha; None = ``lora_rank`` (scale 1, as SPO and the diffusers port).
         lora_target_modules: attention projections that get adapters.
+        lora_init: start the adapters from this UNet LoRA file (``pytorch_lora_weights
+            .safetensors`` in diffusers', the legacy attention-processor or PEFT's key format;
+            :mod:`~lightning_pref.models.lora`) instead of at random; its rank must be
+            ``lora_rank`` and it must cover ``lora_target_modules`` exactly. The file's update is
+            kept whatever ``lora_alpha`` is. The reference stays the base model.
         gradient_checkpointing: trade compute for memory in the UNet.
         check_source: verify at construction that ``pretrained`` can be loaded.
         vae_path: load the VAE from this folder or hub id instead of ``pretrained/vae``; SDXL
@@ -107,6 +114,7 @@ class DiffusionPolicy(nn.Module):
         vae_path: str | None = None,
         force_zeros_for_empty_prompt: bool | None = None,
         frozen_dtype: FrozenDType = "float32",
+        lora_init: str | None = None,
     ) -> None:
         super().__init__()
         if frozen_dtype not in _DTYPES:
@@ -114,6 +122,9 @@ class DiffusionPolicy(nn.Module):
                 f"frozen_dtype must be one of {sorted(_DTYPES)}, got {frozen_dtype!r}"
             )
         self.frozen_dtype = frozen_dtype
+        if lora_init is not None and lora_rank is None:
+            raise ConfigError("lora_init needs a LoRA policy: set lora_rank to the file's rank")
+        self.lora_init = lora_init
         self.pretrained = pretrained
         self.revision = revision
         self.variant = variant
@@ -136,6 +147,8 @@ class DiffusionPolicy(nn.Module):
         check_source(self.pretrained, self.revision, "pretrained", "model")
         if self.vae_path is not None:
             check_source(self.vae_path, None, "vae_path", "VAE")
+        if self.lora_init is not None and not Path(self.lora_init).expanduser().is_file():
+            raise ModelLoadError(f"LoRA file '{self.lora_init}' (lora_init) does not exist")
 
     def _load_components(self) -> DiffusionComponents:
         """Return the model parts; subclasses may build them in code instead."""
@@ -224,6 +237,8 @@ class DiffusionPolicy(nn.Module):
                 target_modules=self.lora_target_modules,
             )
         )
+        if self.lora_init is not None:
+            load_lora_init(self.unet, self.lora_init)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -2,7 +2,8 @@
 
 The real SD1.5 folder of ``sd_configs/`` with random weights at full size (859.5M-parameter UNet),
 saved in fp32 and in fp16 (what most users download), trained at 64 px on CPU at precision 32 on
-fake Pick-a-Pic shards; ``export --merge_lora`` writes a pipeline that diffusers'
+fake Pick-a-Pic shards, its LoRA started from one of the real SD1.5 LoRA files (``lora_init``);
+``export --merge_lora`` writes a pipeline that diffusers'
 ``StableDiffusionPipeline.from_pretrained`` loads and runs, and the LoRA export loads into it
 with ``load_lora_weights``. Wall time and peak memory go to ``$OUT`` or stdout (``-s``).
 """
@@ -46,8 +47,15 @@ def _run(args: list[str], cwd: Path) -> tuple[float, float, str]:
     return time.perf_counter() - start, usage.ru_maxrss / 2**20, text
 
 
+LORAS = {  # each run starts its adapters from one of the real LoRA files
+    "float32": "sd15_lora_attnprocs_format_weapons_pytorch_lora_weights.safetensors",
+    "float16": "sd15_lora_new_format_brain-mri_pytorch_lora_weights.safetensors",
+}
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_dpo_sd15_lora_two_steps_then_export(realfiles, tmp_path, dtype):
+    lora = LORAS[dtype]
     folder = tmp_path / "sd15"
     make = (  # in its own process: a child's peak RSS counts its parent's at the fork
         "import sys, torch; from pathlib import Path; "
@@ -74,6 +82,8 @@ def test_dpo_sd15_lora_two_steps_then_export(realfiles, tmp_path, dtype):
             "--data.init_args.resolution=64",
             "--data.init_args.batch_size=2",
             "--data.init_args.num_workers=0",
+            "--model.init_args.policy.init_args.lora_rank=4",  # the real LoRA files' rank
+            f"--model.init_args.policy.init_args.lora_init={realfiles / 'weights' / 'lora' / lora}",
         ],
         tmp_path,
     )
