@@ -88,6 +88,7 @@ PLAN: dict[str, dict] = {
         "--prompts my_prompts.txt --num_samples 512 --seed 0"
     ): {"mode": "run", "extra": SHORT_EVAL, "minipick": 1},
     TINY_FIT: {"mode": "run"},
+    lp("fit --config tests/configs/tiny_dpo_sd3.yaml --trainer.max_steps 4"): {"mode": "run"},
     lp("bench --out runs/bench"): {
         "mode": "run",
         "extra": ["--steps", "2", "--warmup", "1", "--batch_size", "2"],

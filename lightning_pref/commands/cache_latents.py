@@ -19,10 +19,10 @@ from lightning_pref.cli import parse_dataclass
 from lightning_pref.data.latent_cache import build_latent_cache
 from lightning_pref.data.pairs import PickAPicStream
 from lightning_pref.errors import ConfigError, DataError
+from lightning_pref.models.policy import TORCH_DTYPES
 
 __all__ = ["CacheLatentsArgs", "main"]
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _NO_AUGMENT = {"hflip": False, "random_crop": False, "proportion_empty_prompts": 0.0}
 
 
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         resolution=data.resolution,
         batch_size=args.batch_size,
         shard_size=args.shard_size,
-        dtype=_DTYPES[args.dtype],
+        dtype=TORCH_DTYPES[args.dtype],
         metadata={"proportion_empty_prompts": dropout, "config": str(args.config)},
     )
     seconds = time.perf_counter() - start

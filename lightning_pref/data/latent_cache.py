@@ -177,7 +177,7 @@ def _encode_batch(
     policy: DiffusionPolicy, batch: ImagePairBatch, dtype: torch.dtype
 ) -> dict[str, Tensor]:
     """The cache rows of one batch: posterior ``mean`` (and ``std``) and ``pref_prob``."""
-    device = policy.alphas_cumprod.device
+    device = policy.unet.device
     pixels = torch.cat([batch.pixels_w, batch.pixels_l]).to(device)  # [2B, 3, H, W]
     mean, std = _posterior(policy, pixels)  # [2B, C, h, w] each; std None for pixels
     rows = {"mean": torch.stack(mean.chunk(2), 1).to(dtype)}  # [B, 2, C, h, w]

@@ -195,7 +195,7 @@ def evaluate_policies_cached(
     subset = options.diversity_subset(prompts)
     settings = {"num_samples": num_samples, "seed": seed, "batch_size": batch_size}
     settings |= {"samples_per_prompt_for_diversity": k, "num_diversity_prompts": len(subset)}
-    settings |= {"device": str(base.alphas_cumprod.device)}
+    settings |= {"device": str(base.unet.device)}
     key = base_key(base, prompts, scorers, {**settings, **sampling})
     entry = cache.get(key)
     use = BaseUse(entry is not None, entry.seconds if entry is not None else 0.0)

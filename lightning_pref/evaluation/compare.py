@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +173,8 @@ def evaluate_policies(
             pixel_diversity(p, subset, seed, k, **sampling, uncond_denoiser=n) for _, p, n in models
         )
         diversity = (base_d, tuned_d)
-    return report_from_scores(gold, base_s, tuned_s, diversity, plan, sampling, seed)
+    report = report_from_scores(gold, base_s, tuned_s, diversity, plan, sampling, seed)
+    return replace(report, sampler="Euler ODE (flow)") if tuned.is_flow else report
 
 
 @torch.no_grad()
@@ -205,7 +206,7 @@ def implicit_accuracy(
     """
     probe = OfflinePairModule(module.policy, DiffusionDPO(), reference="copy")
     probe.reference_unet = reference.unet
-    probe.to(module.policy.alphas_cumprod.device)
+    probe.to(module.policy.unet.device)
     hits: list[Tensor] = []
     for b, batch in enumerate(val_loader):
         if batch.pixels_w.shape[0] == 0:

@@ -2,6 +2,7 @@
 
 from lightning_pref.models.components import DiffusionComponents
 from lightning_pref.models.fast import FastPath
+from lightning_pref.models.flow import FlowPolicy
 from lightning_pref.models.loading import load_components, load_vae
 from lightning_pref.models.policy import (
     DiffusionPolicy,
@@ -19,12 +20,21 @@ from lightning_pref.models.tiny import (
     save_tiny_vpred_pipeline,
     tiny_tokenizer,
 )
+from lightning_pref.models.tiny_flow import (
+    TinyFlowPolicy,
+    build_tiny_sd3_components,
+    save_tiny_sd3_pipeline,
+)
 
 __all__ = [
     "DiffusionComponents",
     "DiffusionPolicy",
     "FastPath",
+    "FlowPolicy",
     "TinyDiffusionPolicy",
+    "TinyFlowPolicy",
+    "build_tiny_sd3_components",
+    "save_tiny_sd3_pipeline",
     "build_tiny_components",
     "build_tiny_sdxl_components",
     "load_components",

@@ -20,12 +20,13 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from lightning_pref.errors import ModelLoadError, first_line
-from lightning_pref.models.components import DiffusionComponents
+from lightning_pref.models.components import DiffusionComponents, FlowComponents
 from lightning_pref.models.files import check_weights_folder
 
 __all__ = [
     "check_source",
     "load_components",
+    "load_flow_components",
     "load_vae",
     "looks_like_local_path",
     "vae_dtype",
@@ -144,6 +145,11 @@ def _check_layout(pretrained: str, root: Path) -> None:
     if not root.is_dir():
         raise ModelLoadError(f"model folder '{pretrained}' does not exist")
     missing = [sub for sub in _REQUIRED if not (root / sub).is_dir()]
+    if missing and (root / "transformer").is_dir():
+        raise ModelLoadError(
+            f"'{pretrained}' is a transformer (SD3/SD3.5) folder: use "
+            "class_path lightning_pref.models.FlowPolicy for the policy"
+        )
     if missing:
         raise ModelLoadError(
             f"'{pretrained}' is not a diffusers Stable Diffusion folder: missing "
@@ -175,7 +181,7 @@ def _load_optional_parts(
         vae = AutoencoderKL.from_pretrained(
             source, subfolder="vae", variant=variant, torch_dtype=torch.float32, **kwargs
         )
-        parts.vae = vae.to(vae_dtype(vae, frozen_dtype))
+        parts.vae = as_dtype(vae, vae_dtype(vae, frozen_dtype))
     if _has_component(index, root, "text_encoder_2"):
         parts.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
             source, subfolder="text_encoder_2", variant=variant, dtype=frozen_dtype, **kwargs
@@ -210,6 +216,11 @@ def _load_scheduler(source: str, kwargs: dict[str, Any]) -> DDPMScheduler:
     if "clip_sample" not in config:  # e.g. SDXL's Euler config: that class never clips
         scheduler.register_to_config(clip_sample=False)
     return scheduler
+
+
+def as_dtype(model: AutoencoderKL, dtype: torch.dtype) -> AutoencoderKL:
+    """``model`` in ``dtype`` (untouched when it already is: diffusers warns on every ``.to``)."""
+    return model if model.dtype == dtype else model.to(dtype)
 
 
 def vae_dtype(vae: AutoencoderKL, frozen_dtype: torch.dtype) -> torch.dtype:
@@ -251,7 +262,7 @@ def load_vae(vae_path: str, frozen_dtype: torch.dtype = torch.float32) -> Autoen
         if local:
             raise ModelLoadError(f"failed to load VAE '{vae_path}': {first_line(err)}") from err
         raise ModelLoadError(_hub_hint(vae_path, "vae_path")) from err
-    return vae.to(vae_dtype(vae, frozen_dtype))
+    return as_dtype(vae, vae_dtype(vae, frozen_dtype))
 
 
 def _load_tokenizer(
@@ -261,3 +272,76 @@ def _load_tokenizer(
     if root is not None and not (root / subfolder / "merges.txt").exists():
         return AutoTokenizer.from_pretrained(str(root / subfolder))
     return CLIPTokenizer.from_pretrained(source, subfolder=subfolder, **kwargs)
+
+
+_FLOW_REQUIRED = ("transformer", "scheduler", "vae", "text_encoder", "text_encoder_2", "tokenizer")
+
+
+def _check_flow_layout(pretrained: str, root: Path) -> None:
+    if not root.is_dir():
+        raise ModelLoadError(f"model folder '{pretrained}' does not exist")
+    missing = [f"{sub}/" for sub in _FLOW_REQUIRED if not (root / sub).is_dir()]
+    if missing:
+        raise ModelLoadError(f"'{pretrained}' is not an SD3 folder: missing {', '.join(missing)}")
+    check_weights_folder(root)
+
+
+def _flow_text_parts(
+    source: str, folder: Path | None, text: dict[str, Any], kwargs: dict[str, Any]
+) -> tuple[list[Any], list[Any]]:
+    """CLIP-L, CLIP-G (with projection) and T5 (None without ``text_encoder_3/``), tokenizers."""
+    from transformers import T5EncoderModel
+
+    encoders: list[Any] = [
+        CLIPTextModelWithProjection.from_pretrained(source, subfolder=sub, **text)
+        for sub in ("text_encoder", "text_encoder_2")
+    ]
+    tokenizers = [_load_tokenizer(source, folder, kwargs, s) for s in ("tokenizer", "tokenizer_2")]
+    if _has_component(_model_index(source, folder, kwargs), folder, "text_encoder_3"):
+        encoders.append(T5EncoderModel.from_pretrained(source, subfolder="text_encoder_3", **text))
+        tokenizers.append(AutoTokenizer.from_pretrained(source, subfolder="tokenizer_3", **kwargs))
+    else:
+        encoders.append(None)
+        tokenizers.append(None)
+    return encoders, tokenizers
+
+
+def load_flow_components(
+    pretrained: str,
+    revision: str | None = None,
+    variant: str | None = None,
+    frozen_dtype: torch.dtype = torch.float32,
+) -> FlowComponents:
+    """Load an SD3 / SD3.5 folder: transformer, flow-matching scheduler, VAE, text encoders.
+
+    The transformer loads in float32, the rest in ``frozen_dtype`` (module docstring). T5
+    (``text_encoder_3/``, ``tokenizer_3/``) is optional, as in diffusers' SD3 pipeline.
+
+    Raises:
+        ModelLoadError: one line naming what is missing and how to fix it.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    local = looks_like_local_path(pretrained)
+    root = Path(pretrained).expanduser()
+    if local:
+        _check_flow_layout(pretrained, root)
+    source = str(root) if local else pretrained
+    kwargs: dict[str, Any] = {} if local else {"revision": revision}
+    weights = {"variant": variant, "torch_dtype": torch.float32, **kwargs}
+    try:
+        transformer = SD3Transformer2DModel.from_pretrained(
+            source, subfolder="transformer", **weights
+        )
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **weights)
+        text = {"variant": variant, "dtype": frozen_dtype, **kwargs}
+        encoders, tokenizers = _flow_text_parts(source, root if local else None, text, kwargs)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(
+            source, subfolder="scheduler", **kwargs
+        )
+    except Exception as err:  # hub/network/format errors come in many types
+        if local:
+            raise ModelLoadError(f"failed to load '{pretrained}': {first_line(err)}") from err
+        raise ModelLoadError(_hub_hint(pretrained)) from err
+    vae = as_dtype(vae, vae_dtype(vae, frozen_dtype))
+    return FlowComponents(transformer, scheduler, vae, encoders, tokenizers)

@@ -18,13 +18,14 @@ from lightning_pref.models.lora import load_lora_init
 
 __all__ = [
     "DiffusionPolicy",
+    "TORCH_DTYPES",
     "pack_sdxl_conditioning",
     "unpack_sdxl_conditioning",
 ]
 
 PredictionType = Literal["epsilon", "v_prediction"]
 FrozenDType = Literal["float32", "bfloat16", "float16"]
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 SDXL_NUM_TIME_IDS = 6  # (H, W, crop top, crop left, target H, target W)
 
@@ -117,9 +118,9 @@ class DiffusionPolicy(nn.Module):
         lora_init: str | None = None,
     ) -> None:
         super().__init__()
-        if frozen_dtype not in _DTYPES:
+        if frozen_dtype not in TORCH_DTYPES:
             raise ConfigError(
-                f"frozen_dtype must be one of {sorted(_DTYPES)}, got {frozen_dtype!r}"
+                f"frozen_dtype must be one of {sorted(TORCH_DTYPES)}, got {frozen_dtype!r}"
             )
         self.frozen_dtype = frozen_dtype
         if lora_init is not None and lora_rank is None:
@@ -158,7 +159,7 @@ class DiffusionPolicy(nn.Module):
             self.variant,
             self.unet_path,
             self.vae_path,
-            _DTYPES[self.frozen_dtype],
+            TORCH_DTYPES[self.frozen_dtype],
         )
 
     def build(self) -> None:
@@ -259,6 +260,11 @@ class DiffusionPolicy(nn.Module):
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def is_flow(self) -> bool:
+        """Whether this is a rectified-flow model (:class:`~lightning_pref.models.FlowPolicy`)."""
+        return False
+
+    @property
     def compute_dtype(self) -> torch.dtype:
         """The UNet's weights dtype: text and image encodings are cast to it."""
         return next(self.unet.parameters()).dtype
@@ -322,7 +328,8 @@ class DiffusionPolicy(nn.Module):
         if self.vae is None:
             return pixels
         dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
-        latents = dist.sample(generator=generator) * self.vae.config.scaling_factor
+        shift = self.vae.config.get("shift_factor") or 0.0  # SD3/FLUX VAEs; SD's have none
+        latents = (dist.sample(generator=generator) - shift) * self.vae.config.scaling_factor
         # the VAE hands back channels-last strides; with them the policy (grad) and reference
         # (no grad) convolutions pick different kernels and differ by ~1e-6
         return latents.to(self.compute_dtype).contiguous()
@@ -335,11 +342,18 @@ class DiffusionPolicy(nn.Module):
         """
         if self.vae is None:
             return latents.clamp(-1, 1)
-        scaled = (latents / self.vae.config.scaling_factor).to(self.vae.dtype)
+        shift = self.vae.config.get("shift_factor") or 0.0
+        scaled = (latents / self.vae.config.scaling_factor + shift).to(self.vae.dtype)
         images = self.vae.decode(scaled).sample.to(latents.dtype)
         return images.clamp(-1, 1)
 
     # ------------------------------------------------------------------ noising
+    def sample_timesteps(
+        self, n: int, generator: torch.Generator, low: int, high: int, device: torch.device
+    ) -> Tensor:
+        """Training timesteps ``[n]``: uniform integers in ``[low, high)``."""
+        return torch.randint(low, high, (n,), generator=generator, device=device)
+
     def add_noise(self, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """Forward-noise ``x0`` to ``x_t = sqrt(ā_t) x0 + sqrt(1-ā_t) ε``."""
         a = self.alphas_cumprod[timesteps].view(-1, *[1] * (x0.dim() - 1)).to(x0.dtype)

@@ -28,6 +28,7 @@ __all__ = [
     "ddim_step",
     "ddim_timesteps",
     "derive_seed",
+    "flow_euler",
     "gaussian_logprob",
     "sample_images",
     "sample_plan",
@@ -156,13 +157,16 @@ def sample_images(
             e.g. :class:`~lightning_pref.models.negative.NegativeGuidance`); None = ordinary CFG.
         latent_shape: ``(C, h, w)``; default the UNet's channels and sample size.
     """
-    device = policy.alphas_cumprod.device
-    denoiser = denoiser or policy
+    device = policy.unet.device
     cond = policy.encode_prompt(list(captions))  # [N, L, D]
     uncond = policy.encode_prompt([""] * len(captions))
     unet_cfg = policy.unet.config
     c, h, w = latent_shape or (unet_cfg.in_channels, unet_cfg.sample_size, unet_cfg.sample_size)
     x = torch.randn((len(captions), c, h, w), generator=generator, device=device)
+    if policy.is_flow:
+        _check_flow_sampling(eta, denoiser, uncond_denoiser)
+        return policy.decode_latents(flow_euler(policy, x, cond, uncond, num_steps, guidance_scale))
+    denoiser = denoiser or policy
     steps = ddim_timesteps(policy.num_train_timesteps, num_steps)
     ratio = policy.num_train_timesteps // num_steps
     for t_int in steps:
@@ -170,6 +174,39 @@ def sample_images(
         out = cfg_predict(denoiser, x, t, cond, uncond, guidance_scale, uncond_denoiser)
         x = ddim_step(policy, out, x, t, t - ratio, eta, generator).prev_sample
     return policy.decode_latents(x)
+
+
+def _check_flow_sampling(eta: float, denoiser: object, uncond_denoiser: object) -> None:
+    if eta != 0.0 or denoiser is not None or uncond_denoiser is not None:
+        raise ConfigError(
+            "a flow policy samples with the Euler ODE only: eta 0, its own transformer, no "
+            "negative-model guidance"
+        )
+
+
+def flow_euler(
+    policy: DiffusionPolicy,
+    x: Tensor,
+    cond: Tensor,
+    uncond: Tensor,
+    num_steps: int,
+    guidance_scale: float,
+) -> Tensor:
+    """The Euler ODE of a flow policy from ``x`` (pure noise ``[N, C, h, w]``) to latents.
+
+    As ``StableDiffusion3Pipeline``: ``x ← x + (σ_next − σ)·v``, ``v`` from CFG (unconditional
+    first in one batched forward), on the pipeline's sigmas (``policy.sampling_sigmas``).
+    """
+    sigmas = policy.sampling_sigmas(num_steps)  # [num_steps + 1]
+
+    def velocity(x_t: Tensor, sigma: Tensor, embeds: Tensor) -> Tensor:
+        return policy.velocity(policy.unet, x_t, sigma, embeds)
+
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        s = sigma.expand(x.shape[0])
+        v = cfg_predict(velocity, x, s, cond, uncond, guidance_scale)
+        x = (x.float() + (sigma_next - sigma) * v.float()).to(v.dtype)
+    return x
 
 
 def derive_seed(seed: int, *keys: object) -> int:
@@ -204,7 +241,7 @@ def sample_seeded(
     unconditional branch (negative-model guidance, as in ``sample_images``). Returns
     ``[N, 3, H, W]``.
     """
-    device = policy.alphas_cumprod.device
+    device = policy.unet.device
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
     cfg = policy.unet.config
     shape = (1, cfg.in_channels, cfg.sample_size, cfg.sample_size)
@@ -215,6 +252,9 @@ def sample_seeded(
     cond = policy.encode_prompt(list(captions))  # [N, L, D]
     uncond = policy.encode_prompt([""] * len(captions))
     x = draw()  # [N, C, h, w] x_T
+    if policy.is_flow:
+        _check_flow_sampling(eta, None, uncond_denoiser)
+        return policy.decode_latents(flow_euler(policy, x, cond, uncond, num_steps, guidance_scale))
     ratio = policy.num_train_timesteps // num_steps
     for t_int in ddim_timesteps(policy.num_train_timesteps, num_steps):
         t = torch.full((len(captions),), t_int, device=device, dtype=torch.long)

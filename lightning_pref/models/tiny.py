@@ -94,7 +94,7 @@ def _tiny_vae(sample_size: int) -> AutoencoderKL:
     )
 
 
-def _text_config(hidden_size: int, max_text_length: int, **extra: object) -> CLIPTextConfig:
+def text_config(hidden_size: int, max_text_length: int, **extra: object) -> CLIPTextConfig:
     return CLIPTextConfig(
         vocab_size=514,
         hidden_size=hidden_size,
@@ -148,7 +148,7 @@ def build_tiny_components(
         use_linear_projection=use_linear_projection,
     )
     vae = _tiny_vae(sample_size) if with_vae else None
-    text_encoder = CLIPTextModel(_text_config(cross_attention_dim, max_text_length))
+    text_encoder = CLIPTextModel(text_config(cross_attention_dim, max_text_length))
     scheduler = _tiny_scheduler(prediction_type)
     return DiffusionComponents(unet, scheduler, text_encoder, tiny_tokenizer(max_text_length), vae)
 
@@ -185,9 +185,9 @@ def build_tiny_sdxl_components(
         projection_class_embeddings_input_dim=6 * addition_time_embed_dim + half,
     )
     vae = _tiny_vae(sample_size) if with_vae else None
-    text_encoder = CLIPTextModel(_text_config(half, max_text_length))
+    text_encoder = CLIPTextModel(text_config(half, max_text_length))
     text_encoder_2 = CLIPTextModelWithProjection(
-        _text_config(half, max_text_length, projection_dim=half)
+        text_config(half, max_text_length, projection_dim=half)
     )
     return DiffusionComponents(
         unet,

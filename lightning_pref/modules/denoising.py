@@ -14,9 +14,9 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lightning_pref.errors import TrainingDivergedError
+from lightning_pref.errors import ConfigError, TrainingDivergedError
 from lightning_pref.models.fast import FastPath
-from lightning_pref.models.noising import NoisingStrategy
+from lightning_pref.models.noising import ForwardNoising, NoisingStrategy
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.modules.base import PreferenceModule, ReferenceMode
 from lightning_pref.objectives.base import PairObjective, UnpairedObjective
@@ -59,14 +59,19 @@ class DenoisingModule(PreferenceModule):
     def configure_model(self) -> None:
         """Build the models; a schedule-weighted objective (CaPO) gets the policy's schedule."""
         super().configure_model()
+        if self.policy.is_flow and not isinstance(self.noising, ForwardNoising):
+            raise ConfigError(
+                f"{type(self.noising).__name__} inverts along a DDPM noise schedule, which a "
+                "rectified-flow FlowPolicy does not have: use ForwardNoising or a UNet policy"
+            )
         bind = getattr(self.objective, "bind_schedule", None)
         if bind is not None:
             bind(self.policy.alphas_cumprod)
 
     def sample_timesteps(self, n: int, generator: torch.Generator) -> Tensor:
-        """Uniform integer timesteps ``[n]`` in the configured range."""
+        """Training timesteps ``[n]`` from the policy (a flow policy may draw logit-normal)."""
         low, high = self.timestep_range or (0, self.policy.num_train_timesteps)
-        return torch.randint(low, high, (n,), generator=generator, device=self.device)
+        return self.policy.sample_timesteps(n, generator, low, high, self.device)
 
     def noise(
         self, x0: Tensor, t: Tensor, noise: Tensor, embeds: Tensor, generator: torch.Generator

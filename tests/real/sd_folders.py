@@ -15,20 +15,32 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, SD3Transformer2DModel, UNet2DConditionModel
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    T5Config,
+    T5EncoderModel,
+)
 
 SD15 = "sd15_stable-diffusion-v1-5"
 SD21 = "sd21_stable-diffusion-2-1"
 SDXL = "sdxl_stable-diffusion-xl-base-1.0"
+SD3 = "sd3_stable-diffusion-3-medium-diffusers"
+SD35L = "sd35l_stable-diffusion-3.5-large"
+T5_WIDTH = 64  # the stand-in T5's width = the stand-in transformer's joint_attention_dim
 TEXT_WIDTH = 32  # each stand-in text encoder's width (SDXL: two of them, 64 together)
 _MODELS = {
     "unet": (UNet2DConditionModel, "diffusion_pytorch_model"),
+    "transformer": (SD3Transformer2DModel, "diffusion_pytorch_model"),
     "vae": (AutoencoderKL, "diffusion_pytorch_model"),
     "text_encoder": (CLIPTextModel, "model"),
     "text_encoder_2": (CLIPTextModelWithProjection, "model"),
+    "text_encoder_3": (T5EncoderModel, "model"),
 }
+_TEXT = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
 
 
 def _small_text(config: dict) -> dict:
@@ -62,6 +74,25 @@ def _small_unet(config: dict) -> dict:
     return small
 
 
+def _small_transformer(config: dict) -> dict:
+    small = {
+        **config,
+        "num_layers": 1,
+        "attention_head_dim": 8,
+        "num_attention_heads": 2,
+        "caption_projection_dim": 16,
+        "joint_attention_dim": T5_WIDTH,
+        "pooled_projection_dim": 2 * TEXT_WIDTH,
+    }
+    if config.get("dual_attention_layers"):
+        small["dual_attention_layers"] = [0]
+    return small
+
+
+def _small_t5(config: dict) -> dict:
+    return {**config, "d_model": T5_WIDTH, "d_ff": 37, "d_kv": 8, "num_heads": 2, "num_layers": 1}
+
+
 def _small_vae(config: dict) -> dict:
     blocks = len(config["block_out_channels"])
     return {**config, "block_out_channels": [32] * blocks, "layers_per_block": 1}
@@ -72,6 +103,8 @@ _SHRINK = {
     "vae": _small_vae,
     "text_encoder": _small_text,
     "text_encoder_2": _small_text,
+    "transformer": _small_transformer,
+    "text_encoder_3": _small_t5,
 }
 
 
@@ -105,10 +138,7 @@ def random_weights_folder(
         real = json.loads(config_file.read_text())
         config = _SHRINK[name](real) if small else real
         torch.manual_seed(seed)
-        if issubclass(cls, UNet2DConditionModel | AutoencoderKL):
-            model = cls.from_config(config)
-        else:
-            model = cls(CLIPTextConfig(**config))
+        model = _build(cls, config)
         suffix = f".{variant}.safetensors" if variant else ".safetensors"
         tensors = {
             k: v.to(values).to(dtype).contiguous().clone() for k, v in model.state_dict().items()
@@ -117,3 +147,12 @@ def random_weights_folder(
         if small:  # the shrunk sizes, with every other key of the real config
             config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def _build(cls: type, config: dict) -> torch.nn.Module:
+    if cls in (UNet2DConditionModel, AutoencoderKL, SD3Transformer2DModel):
+        return cls.from_config(config)
+    if cls is T5EncoderModel:
+        return T5EncoderModel(T5Config(**config))
+    cls = _TEXT.get((config.get("architectures") or [""])[0], cls)  # SD3: both with projection
+    return cls(CLIPTextConfig(**config))

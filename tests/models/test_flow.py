@@ -1,0 +1,165 @@
+"""FlowPolicy: the rectified-flow noising, its timesteps, and one DPO step against flow_grpo's.
+
+The tiny SD3 pipeline (:func:`save_tiny_sd3_pipeline`) is saved in the diffusers layout and loaded
+through ``FlowPolicy(pretrained=folder)``.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from lightning_pref.errors import ConfigError, ModelLoadError
+from lightning_pref.models import DiffusionPolicy, FlowPolicy
+from lightning_pref.models.tiny_flow import save_tiny_sd3_pipeline
+from lightning_pref.modules import OfflinePairModule
+from lightning_pref.objectives import CaPO, DiffusionDPO
+from lightning_pref.types import PairBatch
+
+
+@pytest.fixture(scope="module")
+def sd3_folder(tmp_path_factory):
+    return save_tiny_sd3_pipeline(tmp_path_factory.mktemp("sd3") / "tiny-sd3")
+
+
+def _policy(folder, **kwargs) -> FlowPolicy:
+    policy = FlowPolicy(pretrained=str(folder), **kwargs)
+    policy.build()
+    return policy
+
+
+def test_sigma_table_and_noising_by_hand(sd3_folder):
+    """σ(t) = 3s/(1+2s), s = (t+1)/1000 (shift 3): t=0: 0.003/1.002 = 0.0029940; t=499:
+    1.5/2 = 0.75; t=999: 1. x_t = (1-σ)x0 + σε, target ε - x0; the transformer is told 1000σ,
+    the scheduler's own timesteps read backwards."""
+    policy = _policy(sd3_folder)
+    assert policy.sigmas[0].item() == pytest.approx(0.003 / 1.002, abs=1e-7)
+    assert policy.sigmas[499].item() == pytest.approx(0.75, abs=1e-6)
+    assert policy.sigmas[999].item() == pytest.approx(1.0)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    assert torch.allclose(policy.sigmas * 1000, scheduler.timesteps.flip(0))
+    x0, eps = torch.full((1, 1, 1, 1), 2.0), torch.full((1, 1, 1, 1), -1.0)
+    t = torch.tensor([499])
+    assert policy.add_noise(x0, eps, t).item() == pytest.approx(0.25 * 2 + 0.75 * -1)
+    assert policy.training_target(x0, eps, t).item() == -3.0
+    assert policy.prediction_type == "flow" and policy.is_flow
+
+
+def test_timestep_sampling_follows_diffusers_density(sd3_folder):
+    """logit-normal: u = sigmoid(m + s z) picks scheduler index floor(1000u), t = 999 - index;
+    mode: u' = 1 - u - 1.29 (cos²(πu/2) - 1 + u). Same draws, same t."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    t = _policy(sd3_folder).sample_timesteps(64, g, 0, 1000, torch.device("cpu"))
+    assert torch.equal(t, 999 - (torch.sigmoid(z) * 1000).long())
+    u = torch.rand(64, generator=torch.Generator().manual_seed(1))
+    mode = _policy(sd3_folder, timestep_sampling="mode")
+    t = mode.sample_timesteps(64, torch.Generator().manual_seed(1), 0, 1000, torch.device("cpu"))
+    expected = 1 - u - 1.29 * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+    assert torch.equal(t, 999 - (expected * 1000).long())
+    uniform = _policy(sd3_folder, timestep_sampling="uniform")
+    t = uniform.sample_timesteps(8, torch.Generator().manual_seed(2), 100, 200, torch.device("cpu"))
+    assert ((t >= 100) & (t < 200)).all()
+    with pytest.raises(ConfigError, match="uniform"):
+        mode.sample_timesteps(8, g, 100, 200, torch.device("cpu"))
+
+
+def test_schedule_methods_and_wrong_folders_are_refused_in_one_line(sd3_folder, tmp_path):
+    """CaPO's SNR weights need ā_t: refused with a flow policy; an SD3 folder given to the UNet
+    policy names FlowPolicy."""
+    module = OfflinePairModule(FlowPolicy(pretrained=str(sd3_folder)), CaPO())
+    with pytest.raises(ConfigError, match="DDPM noise schedule"):
+        module.configure_model()
+    with pytest.raises(ModelLoadError, match="FlowPolicy"):
+        DiffusionPolicy(pretrained=str(sd3_folder)).build()
+
+
+def _flow_grpo_dpo_step(policy, latents_w, latents_l, embeds, noise, u, beta):
+    """flow_grpo ``scripts/train_sd3_dpo.py`` (training loop), in its order of operations: shared
+    noise for winner and loser, logit-normal u -> indices = (u * 1000).long(), timesteps =
+    scheduler.timesteps[indices], sigmas = scheduler.sigmas[indices], x_t = (1 - σ) x0 + σ ε; the
+    learner and the reference (LoRA adapters off) at those timesteps; target ε - x0; per-sample
+    MSE means; loss = mean(-logsigmoid(-0.5 β ((mse_w - ref_w) - (mse_l - ref_l))))."""
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(
+        policy.pretrained, subfolder="scheduler"
+    )
+    bsz = latents_w.shape[0]
+    model_input = torch.cat([latents_w, latents_l])
+    noise = torch.cat([noise, noise])
+    indices = (u * scheduler.config.num_train_timesteps).long()
+    timesteps = torch.cat([scheduler.timesteps[indices]] * 2)
+    sigmas = torch.cat([scheduler.sigmas[indices]] * 2).view(-1, 1, 1, 1)
+    noisy = (1.0 - sigmas) * model_input + sigmas * noise
+    hidden, pooled = embeds[:, :-1].repeat(2, 1, 1), embeds[:, -1, :32].repeat(2, 1)
+    kwargs = {"encoder_hidden_states": hidden, "pooled_projections": pooled, "return_dict": False}
+    pred = policy.unet(hidden_states=noisy, timestep=timesteps, **kwargs)[0]
+    with torch.no_grad(), policy.adapters_disabled():
+        ref = policy.unet(hidden_states=noisy, timestep=timesteps, **kwargs)[0]
+    target = noise - model_input
+    theta = ((pred.float() - target.float()) ** 2).reshape(2 * bsz, -1).mean(dim=1)
+    ref_mse = ((ref.float() - target.float()) ** 2).reshape(2 * bsz, -1).mean(dim=1)
+    w_diff, l_diff = theta[:bsz] - ref_mse[:bsz], theta[bsz:] - ref_mse[bsz:]
+    return torch.mean(-F.logsigmoid(-0.5 * beta * (w_diff - l_diff)))
+
+
+def test_one_dpo_step_matches_flow_grpo(sd3_folder):
+    """Our OfflinePairModule + DiffusionDPO(beta=100) on a LoRA FlowPolicy (reference: adapters
+    off) gives flow_grpo's loss and LoRA gradients for the same latents, noise and u."""
+    module = OfflinePairModule(
+        FlowPolicy(pretrained=str(sd3_folder), lora_rank=4, lora_alpha=8),
+        DiffusionDPO(beta=100.0),
+        optimizer=partial(torch.optim.AdamW, lr=1e-3),
+    )
+    torch.manual_seed(0)
+    module.configure_model()
+    policy = module.policy
+    with torch.no_grad():  # a trained-looking adapter, so policy and reference differ
+        for name, param in policy.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05)
+    g = torch.Generator().manual_seed(3)
+    latents = torch.randn(4, 16, 8, 8, generator=g)
+    noise = torch.randn(2, 16, 8, 8, generator=g)
+    u = torch.sigmoid(torch.randn(2, generator=g))
+    embeds = policy.encode_prompt(["a red circle", "a blue square"])
+    batch = PairBatch(latents[:2], latents[2:], embeds, torch.ones(2))
+    module.sample_noise = lambda shape, generator, dtype: noise
+    policy.sample_timesteps = lambda n, generator, low, high, device: 999 - (u * 1000).long()
+    ours = module.objective(module.denoise_pair(batch, torch.Generator())).loss
+    grads = torch.autograd.grad(ours, [p for p in policy.unet.parameters() if p.requires_grad])
+    theirs = _flow_grpo_dpo_step(policy, latents[:2], latents[2:], embeds, noise, u, 100.0)
+    expected = torch.autograd.grad(theirs, [p for p in policy.unet.parameters() if p.requires_grad])
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+    assert ours.item() != pytest.approx(math.log(2), abs=1e-4)  # policy and reference differ
+    for a, b in zip(grads, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_our_sampler_reproduces_the_sd3_pipeline(sd3_folder):
+    """sample_images on the flow policy (Euler ODE, CFG 4.5, 4 steps) gives the diffusers
+    StableDiffusion3Pipeline's images for the same seed within 1e-5."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from lightning_pref.models.sampling import sample_images, sample_seeded
+
+    policy = _policy(sd3_folder)
+    captions = ["a red circle", "a blue square on the left"]
+    ours = sample_images(policy, captions, torch.Generator().manual_seed(0), 4, 4.5)
+    pipe = StableDiffusion3Pipeline.from_pretrained(
+        str(sd3_folder), text_encoder_3=None, tokenizer_3=None
+    )
+    theirs = pipe(
+        captions,
+        num_inference_steps=4,
+        guidance_scale=4.5,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    ).images
+    torch.testing.assert_close((ours + 1) / 2, theirs, atol=1e-5, rtol=0)
+    one = sample_seeded(policy, captions[:1], [0], 4, 4.5)
+    torch.testing.assert_close(one, ours[:1], atol=1e-5, rtol=0)  # batch of 1 vs 2
