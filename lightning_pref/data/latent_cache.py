@@ -129,6 +129,7 @@ def build_latent_cache(
         "model": policy.pretrained,
         "latent": policy.vae is not None,
         "scaling_factor": float(policy.vae.config.scaling_factor) if policy.vae else 1.0,
+        "shift_factor": float(policy.vae.config.get("shift_factor") or 0.0) if policy.vae else 0.0,
         "dtype": str(dtype).removeprefix("torch."),
         "resolution": resolution,
         "num_pairs": sum(s["rows"] for s in writer.shards),
@@ -197,19 +198,24 @@ def _posterior(policy: DiffusionPolicy, pixels: Tensor) -> tuple[Tensor, Tensor 
 
 
 def sample_posterior(
-    mean: Tensor, std: Tensor | None, scaling_factor: float, generator: torch.Generator
+    mean: Tensor,
+    std: Tensor | None,
+    scaling_factor: float,
+    generator: torch.Generator,
+    shift_factor: float = 0.0,
 ) -> Tensor:
-    """A latent drawn from a cached posterior: ``(mean + std · ε) · scaling_factor``.
+    """A latent drawn from a cached posterior: ``(mean + std · ε − shift_factor) · scaling_factor``.
 
-    The same draw as ``vae.encode(x).latent_dist.sample(generator) * scaling_factor`` for the same
-    generator state (diffusers draws ``ε = randn(mean.shape)`` with the generator, then adds).
+    The same draw as ``(vae.encode(x).latent_dist.sample(generator) − shift) * scaling_factor``
+    for the same generator state (diffusers draws ``ε = randn(mean.shape)`` with the generator,
+    then adds); ``shift_factor`` is the SD3/FLUX VAEs' (0 for SD's).
     Without ``std`` (pixel-space model) ``mean`` is returned and nothing is drawn, as
     :meth:`~lightning_pref.models.DiffusionPolicy.encode_images` draws nothing there.
     """
     if std is None:
         return mean
     eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return (mean + std * eps) * scaling_factor
+    return (mean + std * eps - shift_factor) * scaling_factor
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

@@ -114,19 +114,21 @@ class OfflinePairModule(DenoisingModule):
         self._check_cache_shapes(batch)
         vae = self.policy.vae
         scale = float(vae.config.scaling_factor) if vae is not None else 1.0
+        shift = float(vae.config.get("shift_factor") or 0.0) if vae is not None else 0.0
         embeds = batch.prompt_embeds.to(self.policy.compute_dtype)  # [B, L, D]
         pref_prob = batch.pref_prob.float()
         dtype = vae.dtype if vae is not None else torch.float32
         if not self.objective.uses_loser:
             std_w = None if batch.std_w is None else batch.std_w.to(dtype)
-            latents_w = sample_posterior(batch.mean_w.to(dtype), std_w, scale, generator)
+            latents_w = sample_posterior(batch.mean_w.to(dtype), std_w, scale, generator, shift)
             latents_w = latents_w.to(self.policy.compute_dtype)
             return PairBatch(latents_w, latents_w, embeds, pref_prob)
         mean = torch.cat([batch.mean_w, batch.mean_l]).to(dtype)  # [2B, C, h, w]
         std = None
         if batch.std_w is not None and batch.std_l is not None:
             std = torch.cat([batch.std_w, batch.std_l]).to(dtype)
-        latents = sample_posterior(mean, std, scale, generator).to(self.policy.compute_dtype)
+        latents = sample_posterior(mean, std, scale, generator, shift)
+        latents = latents.to(self.policy.compute_dtype)
         latents_w, latents_l = latents.chunk(2)  # [B, C, h, w] each
         return PairBatch(latents_w, latents_l, embeds, pref_prob)
 
@@ -134,11 +136,12 @@ class OfflinePairModule(DenoisingModule):
         """A cache built for another model fails here with one line."""
         unet = self.policy.unet.config
         width = batch.prompt_embeds.shape[-1]
-        if batch.mean_w.shape[1] != unet.in_channels or width != unet.cross_attention_dim:
+        expected = unet.get("cross_attention_dim") or unet.get("joint_attention_dim")  # UNet, SD3
+        if batch.mean_w.shape[1] != unet.in_channels or width != expected:
             raise ConfigError(
                 f"the latent cache does not fit this model: {batch.mean_w.shape[1]} latent "
-                f"channels and {width}-wide text embeddings, the UNet expects "
-                f"{unet.in_channels} and {unet.cross_attention_dim}; rebuild it with "
+                f"channels and {width}-wide text embeddings, the model expects "
+                f"{unet.in_channels} and {expected}; rebuild it with "
                 "`python -m lightning_pref cache-latents` for this model"
             )
 
