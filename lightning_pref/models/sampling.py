@@ -29,6 +29,7 @@ __all__ = [
     "ddim_timesteps",
     "derive_seed",
     "flow_euler",
+    "flow_sde_step",
     "gaussian_logprob",
     "sample_images",
     "sample_plan",
@@ -89,6 +90,49 @@ def ddim_step(
         noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=mean.dtype)
         prev_sample = mean + std * noise
     return DDIMStep(prev_sample, mean, std.flatten(), x0, eps)
+
+
+def flow_sde_step(
+    velocity: Tensor,
+    x_t: Tensor,
+    sigma: Tensor,
+    sigma_next: Tensor,
+    sigma_max: float,
+    noise_level: float = 0.7,
+    generator: torch.Generator | None = None,
+    prev_sample: Tensor | None = None,
+) -> DDIMStep:
+    """One step of Flow-GRPO's SDE for a rectified-flow model, σ → σ_next < σ (arXiv 2505.05470).
+
+    With ``Δ = σ_next − σ < 0`` and ``s_σ = η·sqrt(σ / (1 − σ))`` (σ = 1 replaced by
+    ``sigma_max`` in the denominator, the sampler's second level), the mean is
+    ``x (1 + s_σ²Δ / (2σ)) + v (1 + s_σ²(1 − σ) / (2σ)) Δ`` (the Euler step plus the score
+    correction; ``s_σ = 0`` gives the ODE) and the step's std ``s_σ·sqrt(−Δ)``; ``x_next = mean +
+    std·z``. Computed in float32. :func:`gaussian_logprob` of the result is its log-density, the
+    quantity SPO/TailorPO-style step pools compare. Returns x̂0 ``x − σv`` and ε̂ ``x + (1 − σ)v``.
+
+    Args:
+        velocity: the model's velocity ``[N, C, h, w]`` at ``x_t``.
+        x_t: the current sample.
+        sigma: its noise level ``[N]``.
+        sigma_next: the next level ``[N]``.
+        sigma_max: the sampler's largest level below 1.
+        noise_level: η (Flow-GRPO: 0.7).
+        generator: draws ``z``.
+        prev_sample: evaluate this ``x_next`` instead of drawing one.
+    """
+    v, x = upcast(velocity), upcast(x_t)
+    shape = (-1, *[1] * (x.dim() - 1))
+    s, s_next = sigma.float().view(shape), sigma_next.float().view(shape)
+    dt = s_next - s
+    std_sigma = torch.sqrt(s / (1 - torch.where(s == 1, torch.full_like(s, sigma_max), s)))
+    std_sigma = std_sigma * noise_level
+    mean = x * (1 + std_sigma**2 / (2 * s) * dt) + v * (1 + std_sigma**2 * (1 - s) / (2 * s)) * dt
+    std = std_sigma * torch.sqrt(-dt)  # [N, 1, 1, 1]
+    if prev_sample is None:
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=mean.dtype)
+        prev_sample = mean + std * noise
+    return DDIMStep(prev_sample, mean, std.flatten(), x - s * v, x + (1 - s) * v)
 
 
 def gaussian_logprob(x_prev: Tensor, mean: Tensor, std: Tensor) -> Tensor:

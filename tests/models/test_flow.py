@@ -163,3 +163,54 @@ def test_our_sampler_reproduces_the_sd3_pipeline(sd3_folder):
     torch.testing.assert_close((ours + 1) / 2, theirs, atol=1e-5, rtol=0)
     one = sample_seeded(policy, captions[:1], [0], 4, 4.5)
     torch.testing.assert_close(one, ours[:1], atol=1e-5, rtol=0)  # batch of 1 vs 2
+
+
+def _flow_grpo_sde_step(scheduler, v, x, timestep, prev_sample, noise_level):
+    """flow_grpo ``diffusers_patch/sd3_sde_with_logprob.py`` in its order of operations, on the
+    scheduler's own tables after ``set_timesteps``."""
+    step = [int((scheduler.timesteps == t).nonzero()[0]) for t in timestep]
+    sigma = scheduler.sigmas[step].view(-1, 1, 1, 1)
+    sigma_prev = scheduler.sigmas[[i + 1 for i in step]].view(-1, 1, 1, 1)
+    sigma_max = scheduler.sigmas[1].item()
+    dt = sigma_prev - sigma
+    std_dev_t = torch.sqrt(sigma / (1 - torch.where(sigma == 1, sigma_max, sigma))) * noise_level
+    mean = (
+        x * (1 + std_dev_t**2 / (2 * sigma) * dt)
+        + v * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt
+    )
+    scale = std_dev_t * torch.sqrt(-1 * dt)
+    log_prob = (
+        -((prev_sample - mean) ** 2) / (2 * scale**2)
+        - torch.log(scale)
+        - torch.log(torch.sqrt(2 * torch.as_tensor(math.pi)))
+    )
+    return mean, log_prob.mean(dim=(1, 2, 3))
+
+
+def test_flow_sde_step_and_log_density_match_flow_grpo_and_the_gaussian(sd3_folder):
+    """Flow-GRPO's SDE step (η 0.7) at the first level (σ = 1: sigma_max stands in) and a middle
+    one: our mean equals flow_grpo's; our log-density of the drawn x_next equals theirs and the
+    Gaussian written out by hand: mean over C,h,w of -(x-μ)²/(2s²) - log s - log sqrt(2π)."""
+    from lightning_pref.models.sampling import flow_sde_step, gaussian_logprob
+
+    policy = _policy(sd3_folder)
+    sigmas = policy.sampling_sigmas(10)  # [11], 1 -> 0
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(policy.noise_scheduler.config)
+    scheduler.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(2, 16, 8, 8, generator=g), torch.randn(2, 16, 8, 8, generator=g)
+    i = torch.tensor([0, 4])
+    step = flow_sde_step(v, x, sigmas[i], sigmas[i + 1], float(sigmas[1]), 0.7, g)
+    mean, theirs = _flow_grpo_sde_step(
+        scheduler, v, x, scheduler.timesteps[i], step.prev_sample, 0.7
+    )
+    torch.testing.assert_close(step.mean, mean, rtol=1e-6, atol=1e-6)
+    ours = gaussian_logprob(step.prev_sample, step.mean, step.std)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    s = step.std.view(-1, 1, 1, 1).double()
+    z = (step.prev_sample.double() - step.mean.double()) / s
+    by_hand = (-(z**2) / 2 - s.log() - 0.5 * math.log(2 * math.pi)).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(ours.double(), by_hand, rtol=1e-6, atol=1e-6)
+    ode = flow_sde_step(v, x, sigmas[i], sigmas[i + 1], float(sigmas[1]), 0.0, g)
+    euler = x + (sigmas[i + 1] - sigmas[i]).view(-1, 1, 1, 1) * v
+    torch.testing.assert_close(ode.prev_sample, euler)  # η = 0: the Euler step, no noise
