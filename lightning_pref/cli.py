@@ -30,7 +30,7 @@ from lightning_pref.callbacks.run_summary import RunSummary
 from lightning_pref.errors import ConfigError, user_error
 from lightning_pref.models.files import check_checkpoint_file
 from lightning_pref.modules.base import PreferenceModule
-from lightning_pref.training.resume import resolve_last_checkpoint
+from lightning_pref.training.resume import check_resume, resolve_last_checkpoint
 
 __all__ = [
     "PreferenceCLI",
@@ -102,7 +102,14 @@ class PreferenceCLI(LightningCLI):
             resolve_last_checkpoint(self.config["fit"])
 
     def _run_subcommand(self, subcommand: str) -> None:
-        """Run it; a configuration error Lightning raises after parsing becomes a ConfigError."""
+        """Run it; a configuration error Lightning raises after parsing becomes a ConfigError.
+
+        First, a ``--ckpt_path`` that this strategy and number of ranks cannot restore (written by
+        another strategy or on another number of ranks) stops with one line
+        (:func:`~lightning_pref.training.resume.check_resume`).
+        """
+        ckpt_path = self._get(self.config_init, "ckpt_path")
+        check_resume(ckpt_path, self.trainer.strategy, self.trainer.world_size, subcommand)
         try:
             super()._run_subcommand(subcommand)
         except (MisconfigurationException, ValueError) as err:

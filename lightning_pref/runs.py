@@ -1,9 +1,11 @@
 """Training runs: find them and load their models (the commands that read runs build on this).
 
 A run folder is what ``python -m lightning_pref fit`` writes (``runs/NAME/version_N``): the fully
-resolved ``config.yaml`` saved by LightningCLI and ``checkpoints/last.ckpt``. Models are rebuilt
-from the config exactly as the CLI builds them (same parser, same seeding), then the checkpoint's
-trainable weights are loaded with ``weights_only=True``, so opening a checkpoint never runs code.
+resolved ``config.yaml`` saved by LightningCLI and ``checkpoints/last.ckpt`` (a file, or a folder
+under FSDP and DeepSpeed). Models are rebuilt from the config exactly as the CLI builds them (same
+parser, same seeding), then the checkpoint's trainable weights are loaded by
+:func:`~lightning_pref.training.checkpoints.read_checkpoint`, which reads files and FSDP and
+DeepSpeed folders alike, safely (tensors and plain data only), so opening one never runs code.
 
 ``python -m lightning_pref evaluate --run runs/NAME/version_N`` loads runs through these functions
 (:mod:`lightning_pref.evaluation.setup`). This module imports no command.
@@ -18,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
@@ -26,9 +27,9 @@ from torch.utils.data import DataLoader
 from lightning_pref.callbacks.ema import ema_state_from_checkpoint
 from lightning_pref.cli import PreferenceCLI
 from lightning_pref.data.pickapic import PickAPicDataModule
-from lightning_pref.errors import ConfigError, DataError, ModelLoadError
-from lightning_pref.models.files import check_checkpoint_file
+from lightning_pref.errors import ConfigError, DataError
 from lightning_pref.modules.base import PreferenceModule
+from lightning_pref.training.checkpoints import is_checkpoint_folder, read_checkpoint
 
 __all__ = [
     "RunPaths",
@@ -55,8 +56,11 @@ class RunPaths:
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:
-    """``last.ckpt`` if present, else the most recently written ``*.ckpt``, else None."""
-    if (folder / "last.ckpt").is_file():
+    """``last.ckpt`` if present, else the most recently written ``*.ckpt``, else None.
+
+    A checkpoint is a file, or a folder under FSDP and DeepSpeed.
+    """
+    if (folder / "last.ckpt").exists():
         return folder / "last.ckpt"
     ckpts = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     return ckpts[-1] if ckpts else None
@@ -68,7 +72,7 @@ def find_run(path: str | Path) -> RunPaths:
     Args:
         path: ``runs/NAME/version_N`` (uses ``checkpoints/last.ckpt``, else the newest ``.ckpt``
             there, else no checkpoint), ``runs/NAME`` (its newest version with a checkpoint) or a
-            ``.ckpt`` file inside a run's ``checkpoints/``.
+            ``.ckpt`` file, or FSDP/DeepSpeed checkpoint folder, inside a run's ``checkpoints/``.
 
     Returns:
         The run's ``config.yaml`` and checkpoint.
@@ -79,8 +83,8 @@ def find_run(path: str | Path) -> RunPaths:
     path = Path(path).expanduser()
     if not path.exists():
         raise ConfigError(f"run path '{path}' does not exist; pass runs/NAME/version_N or a .ckpt")
-    if path.is_file():
-        if path.suffix != ".ckpt":
+    if path.is_file() or is_checkpoint_folder(path):
+        if path.is_file() and path.suffix != ".ckpt":
             raise ConfigError(f"'{path}' is not a .ckpt file or a run folder (runs/NAME/version_N)")
         config = path.parent.parent / "config.yaml"
         if not config.is_file():
@@ -131,21 +135,6 @@ def build_from_config(config_path: str | Path) -> BuildCLI:
             seed_logger.setLevel(level)
 
 
-def _read_checkpoint(ckpt_path: Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint safely (tensors and plain containers only)."""
-    if not ckpt_path.is_file():
-        raise ConfigError(f"checkpoint '{ckpt_path}' does not exist")
-    check_checkpoint_file(ckpt_path)
-    try:
-        checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-    except Exception as err:  # UnpicklingError for unsafe objects, RuntimeError for a torn file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelLoadError(f"cannot load checkpoint '{ckpt_path}' safely: {first}") from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ModelLoadError(f"'{ckpt_path}' is not a Lightning checkpoint (no state_dict)")
-    return checkpoint
-
-
 def load_module(
     config_path: str | Path, ckpt_path: str | Path | None = None, ema: bool = False
 ) -> PreferenceModule:
@@ -158,7 +147,8 @@ def load_module(
 
     Args:
         config_path: the run's ``config.yaml``.
-        ckpt_path: a checkpoint of that run; None for the base model.
+        ckpt_path: a checkpoint of that run (a file, or an FSDP or DeepSpeed folder); None for
+            the base model.
         ema: load the checkpoint's EMA weights (:class:`~lightning_pref.callbacks.EMA`) instead.
 
     Returns:
@@ -173,7 +163,7 @@ def load_module(
         raise ConfigError(f"the model of '{config_path}' is not a PreferenceModule")
     module.configure_model()
     if ckpt_path is not None:
-        checkpoint = _read_checkpoint(Path(ckpt_path))
+        checkpoint = read_checkpoint(ckpt_path)
         module.on_load_checkpoint(checkpoint)
         module.load_state_dict(checkpoint["state_dict"], strict=False)
         if ema:

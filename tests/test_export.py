@@ -189,7 +189,7 @@ def test_pixel_space_export_reloads_in_our_loader(tmp_path):
     "case, message",
     [
         ("missing", "does not exist"),
-        ("sharded", "consolidate it first"),
+        ("sharded", "is incomplete"),
         ("not_empty", "--overwrite true"),
         ("no_config", "--config"),
         ("no_ema", "no EMA weights"),

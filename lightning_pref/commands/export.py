@@ -47,8 +47,9 @@ from diffusers import (
 from lightning_pref.cli import parse_dataclass
 from lightning_pref.errors import ConfigError
 from lightning_pref.models.lora import lora_state_dict
-from lightning_pref.models.policy import DiffusionPolicy
+from lightning_pref.models.policy import TORCH_DTYPES, DiffusionPolicy
 from lightning_pref.runs import RunPaths, find_run, load_module
+from lightning_pref.training.checkpoints import checkpoint_info, is_checkpoint_folder
 
 __all__ = [
     "ExportArgs",
@@ -61,9 +62,6 @@ __all__ = [
 ]
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# what Lightning's FSDP (sharded state dict) and DeepSpeed write into a checkpoint folder
-_SHARD_MARKERS = ("meta.pt", "latest", "zero_to_fp32.py", "checkpoint")
 
 
 @dataclass
@@ -71,8 +69,9 @@ class ExportArgs:
     """Write a trained run as a diffusers pipeline or LoRA (``python -m lightning_pref export``).
 
     Attributes:
-        ckpt_path: a .ckpt file inside a run's checkpoints/ (or a run folder runs/NAME/version_N,
-            which uses checkpoints/last.ckpt).
+        ckpt_path: a checkpoint inside a run's checkpoints/: a .ckpt file, or the folder FSDP or
+            DeepSpeed writes (read as it is); or a run folder runs/NAME/version_N, which uses
+            checkpoints/last.ckpt.
         out: output folder (created).
         config: the run's config.yaml; default the one next to the checkpoint's version folder.
         ema: export the EMA weights (saved by the ``EMA`` callback) instead of the trained ones.
@@ -90,36 +89,26 @@ class ExportArgs:
     overwrite: bool = False
 
 
-def _is_sharded(folder: Path) -> bool:
-    """A checkpoint folder written by FSDP or DeepSpeed (a ``.ckpt`` that is a directory)."""
-    if folder.suffix == ".ckpt":
-        return True
-    return any((folder / m).exists() for m in _SHARD_MARKERS) or any(folder.glob("*.distcp"))
-
-
 def find_checkpoint(ckpt_path: str | Path, config: str | Path | None = None) -> RunPaths:
-    """The checkpoint file to export and its run's ``config.yaml``.
+    """The checkpoint to export (a file, or an FSDP or DeepSpeed folder) and its ``config.yaml``.
 
     Raises:
-        ConfigError: for a missing path, a run without checkpoint, a missing config or a sharded
-            checkpoint folder (which must be consolidated into one file first).
+        ConfigError: for a missing path, a run without checkpoint or a missing config.
+        ModelLoadError: for an incomplete checkpoint folder.
     """
     path = Path(ckpt_path).expanduser()
     if not path.exists():
         raise ConfigError(f"checkpoint '{path}' does not exist")
-    if path.is_dir() and _is_sharded(path):
-        raise ConfigError(
-            f"'{path}' is a sharded (FSDP/DeepSpeed) checkpoint folder; consolidate it first: "
-            f"`python -m lightning.pytorch.utilities.consolidate_checkpoint {path}` (FSDP) or the "
-            "folder's zero_to_fp32.py (DeepSpeed), then export the resulting file"
-        )
+    checkpoint = path.is_file() or is_checkpoint_folder(path)
+    if checkpoint and path.is_dir():
+        checkpoint_info(path)  # an incomplete FSDP/DeepSpeed folder: one line naming it
     if config is not None:
         config = Path(config).expanduser()
         if not config.is_file():
             raise ConfigError(f"config '{config}' does not exist")
-        if path.is_file():
+        if checkpoint:
             return RunPaths(config.resolve(), path.resolve())
-    elif path.is_file() and not (path.parent.parent / "config.yaml").is_file():
+    elif checkpoint and not (path.parent.parent / "config.yaml").is_file():
         raise ConfigError(
             f"no config.yaml next to the checkpoint's version folder ('{path.parent.parent}'); "
             "pass the run's config with --config"
@@ -286,9 +275,9 @@ def export_policy(
         policy.unet.fuse_lora()  # W += scale·B·A, then drop the adapter layers
         policy.unet.unload_lora()
     if policy.is_lora and not merge_lora:
-        info = _save_lora(policy, out, _DTYPES[dtype])
+        info = _save_lora(policy, out, TORCH_DTYPES[dtype])
     else:
-        info = _save_full(policy, out, _DTYPES[dtype])
+        info = _save_full(policy, out, TORCH_DTYPES[dtype])
         info["base_model"] = _base_model(policy)
     info.update(dtype=dtype, scheduler="DDIMScheduler", prediction_type=policy.prediction_type)
     if policy.is_sdxl:

@@ -128,8 +128,7 @@ def build_latent_cache(
         "format": CACHE_FORMAT,
         "model": policy.pretrained,
         "latent": policy.vae is not None,
-        "scaling_factor": float(policy.vae.config.scaling_factor) if policy.vae else 1.0,
-        "shift_factor": float(policy.vae.config.get("shift_factor") or 0.0) if policy.vae else 0.0,
+        **_vae_factors(policy),
         "dtype": str(dtype).removeprefix("torch."),
         "resolution": resolution,
         "num_pairs": sum(s["rows"] for s in writer.shards),
@@ -195,6 +194,17 @@ def _posterior(policy: DiffusionPolicy, pixels: Tensor) -> tuple[Tensor, Tensor 
     dist = policy.vae.encode(pixels.to(policy.vae.dtype)).latent_dist
     # contiguous: the VAE hands back channels-last strides (see DiffusionPolicy.encode_images)
     return dist.mean.contiguous(), dist.std.contiguous()
+
+
+def _vae_factors(policy: DiffusionPolicy) -> dict[str, float]:
+    """The VAE's ``scaling_factor`` and ``shift_factor`` (0 for SD); 1 and 0 without a VAE."""
+    if policy.vae is None:
+        return {"scaling_factor": 1.0, "shift_factor": 0.0}
+    config = policy.vae.config
+    return {
+        "scaling_factor": float(config.scaling_factor),
+        "shift_factor": float(config.get("shift_factor") or 0.0),
+    }
 
 
 def sample_posterior(

@@ -17,6 +17,13 @@ overrides are the smallest set that makes them run there, each one naming the ch
 ``wrap_blocks`` is FSDP's auto-wrap policy given as import paths, so YAML can name the UNet's
 blocks; the default wraps every diffusers UNet down/mid/up block (SD1.5, SDXL and MiniPick use
 these classes), so each block's parameters are gathered only while that block runs.
+
+Checkpoints hold the trainable weights only, as :meth:`PreferenceModule.state_dict
+<lightning_pref.modules.PreferenceModule.state_dict>` does (the frozen VAE, text encoders and
+reference are rebuilt from the config): the FSDP-wrapped model's ``state_dict`` drops every other
+key (which FSDP's own hooks would otherwise gather, as the module's override is bypassed), for
+saving and for loading; DeepSpeed is told ``exclude_frozen_parameters``. Both folders record the
+number of ranks that wrote them; :mod:`lightning_pref.training.checkpoints` reads them.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Generator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,6 +40,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStr
 from torch import nn
 
 from lightning_pref.errors import ConfigError
+from lightning_pref.training.checkpoints import STRATEGY_KEY
 
 __all__ = ["DeepSpeed", "FSDP", "UNET_BLOCKS"]
 
@@ -48,6 +57,21 @@ UNET_BLOCKS = [
     )
 ]
 """The default FSDP wrap units: diffusers' UNet blocks."""
+
+
+def _clean_name(name: str) -> str:
+    """A parameter name without the wrapper prefixes FSDP's state dict keys never carry."""
+    for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module."):
+        name = name.replace(wrapper, "")
+    return name
+
+
+def _keep_keys(
+    keep: frozenset[str], module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any
+) -> None:
+    """``state_dict`` post-hook of the FSDP root: drop every key but ``keep`` (in place)."""
+    for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix) :] not in keep]:
+        del state_dict[key]
 
 
 def _import_class(path: str) -> type[nn.Module]:
@@ -99,8 +123,26 @@ class FSDP(FSDPStrategy):
         )
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
-        if self.root_device.type != "cpu":
-            return super()._setup_model(model)
+        """Wrap ``model``; its state dict then keeps the trainable parameters only."""
+        params = model.named_parameters()
+        trainable = frozenset(_clean_name(n) for n, p in params if p.requires_grad)
+        on_cpu = self.root_device.type == "cpu"
+        wrapped = self._wrap(model) if on_cpu else super()._setup_model(model)
+        # runs after FSDP's own post-hooks (registered when wrapping), on clean key names; the
+        # load path builds its target from the same state_dict(), so old checkpoints that also
+        # hold frozen weights still load (their extra keys are never read)
+        wrapped.register_state_dict_post_hook(partial(_keep_keys, trainable))
+        return wrapped
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
+    ) -> None:
+        """Record what writes it (so a file is told from a DDP one), then save as Lightning does."""
+        record = {"strategy": "FSDP", "world_size": self.world_size}
+        checkpoint[STRATEGY_KEY] = {**record, "state_dict_type": self._state_dict_type}
+        super().save_checkpoint(checkpoint, filepath, storage_options)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
         from torch.distributed.fsdp import FullyShardedDataParallel
 
         # Lightning's CPU-free version: device_id=None makes torch look for an accelerator
@@ -123,6 +165,9 @@ class DeepSpeed(DeepSpeedStrategy):
             inside ``zero.Init`` fails (``Cannot copy out of meta tensor``), so the models are
             loaded whole on each rank's CPU and the engine partitions them at setup; the GPU
             only ever holds shards either way. Turn it on for models built in code.
+        exclude_frozen_parameters: checkpoints hold the trainable weights only (Lightning's
+            default, False, also writes the frozen VAE, text encoders and reference, which are
+            rebuilt from the config anyway, as ``frozen_param_fragments``).
         kwargs: :class:`~lightning.pytorch.strategies.DeepSpeedStrategy`'s arguments (``stage``,
             ``offload_optimizer``, ``offload_parameters``, ``process_group_backend``, ...).
 
@@ -130,8 +175,10 @@ class DeepSpeed(DeepSpeedStrategy):
     ``~/.cache/torch_extensions``).
     """
 
-    def __init__(self, zero_init: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self, zero_init: bool = False, exclude_frozen_parameters: bool = True, **kwargs: Any
+    ) -> None:
+        super().__init__(exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
         self.zero_init = zero_init
 
     @contextmanager
