@@ -26,6 +26,11 @@ with the policy's ``force_zeros_for_empty_prompt`` in its config, and its LoRA f
 that class. The pipeline's default size conditioning, ``original_size = target_size = (height,
 width)`` and crop ``(0, 0)``, is the policy's ``(H, W, 0, 0, H, W)``; its default negative prompt
 (None) is the policy's unconditional ``""``: zeros with the flag, the encoded ``""`` without.
+
+A flow policy is written as a ``StableDiffusion3Pipeline`` (SD3/SD3.5) or ``FluxPipeline``
+(FLUX.1) with its own ``FlowMatchEulerDiscreteScheduler``, which steps as our Euler sampler; its
+LoRA file holds the transformer's adapters in PEFT's key names (``transformer.X.lora_A.weight``),
+as those pipelines' ``save_lora_weights`` write them, the scale folded into ``lora_B``.
 """
 
 from __future__ import annotations
@@ -40,12 +45,15 @@ import torch
 from diffusers import (
     DDIMScheduler,
     DiffusionPipeline,
+    FluxPipeline,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
 )
 
 from lightning_pref.cli import parse_dataclass
 from lightning_pref.errors import ConfigError
+from lightning_pref.models.flux import FluxPolicy
 from lightning_pref.models.lora import lora_state_dict
 from lightning_pref.models.policy import TORCH_DTYPES, DiffusionPolicy
 from lightning_pref.runs import RunPaths, find_run, load_module
@@ -120,8 +128,35 @@ def find_checkpoint(ckpt_path: str | Path, config: str | Path | None = None) -> 
 
 
 def pipeline_class(policy: DiffusionPolicy) -> type[DiffusionPipeline]:
-    """The diffusers pipeline a built policy's parts form: SDXL or SD1.x/2.x."""
+    """The diffusers pipeline a built policy's parts form: SD1.x/2.x, SDXL, SD3 or FLUX."""
+    if isinstance(policy, FluxPolicy):
+        return FluxPipeline
+    if policy.is_flow:
+        return StableDiffusion3Pipeline
     return StableDiffusionXLPipeline if policy.is_sdxl else StableDiffusionPipeline
+
+
+def _flow_pipeline(policy: DiffusionPolicy) -> DiffusionPipeline:
+    """SD3's or FLUX's pipeline on the policy's parts and its own flow-matching scheduler."""
+    parts = {
+        "transformer": policy.unet,
+        "scheduler": policy.noise_scheduler,
+        "vae": policy.vae,
+        "text_encoder": policy.text_encoder,
+        "tokenizer": policy.tokenizer,
+        "text_encoder_2": policy.text_encoder_2,
+        "tokenizer_2": policy.tokenizer_2,
+    }
+    if isinstance(policy, FluxPolicy):
+        return FluxPipeline(**parts)
+    return StableDiffusion3Pipeline(
+        **parts, text_encoder_3=policy.text_encoder_3, tokenizer_3=policy.tokenizer_3
+    )
+
+
+def scheduler_for(policy: DiffusionPolicy) -> Any:
+    """The scheduler written with an export: DDIM as our sampler (UNet), the flow scheduler."""
+    return policy.noise_scheduler if policy.is_flow else ddim_scheduler(policy)
 
 
 def build_pipeline(policy: DiffusionPolicy) -> DiffusionPipeline:
@@ -132,6 +167,8 @@ def build_pipeline(policy: DiffusionPolicy) -> DiffusionPipeline:
     """
     if policy.vae is None:
         raise ConfigError("a pixel-space policy (no VAE) has no diffusers pipeline")
+    if policy.is_flow:
+        return _flow_pipeline(policy)
     parts = {
         "vae": policy.vae,
         "text_encoder": policy.text_encoder,
@@ -188,6 +225,7 @@ def _base_model(policy: DiffusionPolicy) -> dict[str, Any]:
 def _lora_readme(policy: DiffusionPolicy, base: dict[str, Any]) -> str:
     """README.md of a LoRA export: the base model and how to load the file onto it."""
     cls = pipeline_class(policy).__name__
+    scheduler = type(scheduler_for(policy)).__name__
     # the base folder's own flag may differ from the policy's (force_zeros_for_empty_prompt arg)
     flag = f", force_zeros_for_empty_prompt={policy.zero_empty_prompt}" if policy.is_sdxl else ""
     return (
@@ -197,18 +235,20 @@ def _lora_readme(policy: DiffusionPolicy, base: dict[str, Any]) -> str:
         + (f" (VAE from `{base['vae_path']}`)" if base["vae_path"] else "")
         + (f" ({base['note']})" if base["note"] else "")
         + f"\n\nRank {policy.lora_rank}, alpha {policy.lora_alpha} (scale folded into lora_B).\n\n"
-        f"```python\nfrom diffusers import DDIMScheduler, {cls}\n\n"
+        f"```python\nfrom diffusers import {scheduler}, {cls}\n\n"
         f'pipe = {cls}.from_pretrained("{base["pretrained"]}"{flag})\n'
-        'pipe.scheduler = DDIMScheduler.from_pretrained("THIS_DIR", subfolder="scheduler")\n'
+        f'pipe.scheduler = {scheduler}.from_pretrained("THIS_DIR", subfolder="scheduler")\n'
         'pipe.load_lora_weights("THIS_DIR")\n```\n'
     )
 
 
 def _save_lora(policy: DiffusionPolicy, out: Path, dtype: torch.dtype) -> dict[str, Any]:
     """``pytorch_lora_weights.safetensors`` + ``scheduler/`` + a README naming the base model."""
-    state = {k: v.detach().to(dtype).contiguous() for k, v in lora_state_dict(policy.unet).items()}
-    pipeline_class(policy).save_lora_weights(out, unet_lora_layers=state, safe_serialization=True)
-    ddim_scheduler(policy).save_pretrained(out / "scheduler")
+    lora = lora_state_dict(policy.unet, peft_keys=policy.is_flow)
+    state = {k: v.detach().to(dtype).contiguous() for k, v in lora.items()}
+    layers = {"transformer_lora_layers" if policy.is_flow else "unet_lora_layers": state}
+    pipeline_class(policy).save_lora_weights(out, **layers, safe_serialization=True)
+    scheduler_for(policy).save_pretrained(out / "scheduler")
     base = _base_model(policy)
     (out / "README.md").write_text(_lora_readme(policy, base))
     return {
@@ -279,7 +319,8 @@ def export_policy(
     else:
         info = _save_full(policy, out, TORCH_DTYPES[dtype])
         info["base_model"] = _base_model(policy)
-    info.update(dtype=dtype, scheduler="DDIMScheduler", prediction_type=policy.prediction_type)
+    scheduler = type(scheduler_for(policy)).__name__
+    info.update(dtype=dtype, scheduler=scheduler, prediction_type=policy.prediction_type)
     if policy.is_sdxl:
         info["force_zeros_for_empty_prompt"] = policy.zero_empty_prompt
     return info

@@ -126,7 +126,7 @@ def _side(
 
 def _image_size(policy: DiffusionPolicy) -> int:
     """Side of the images the policy generates (the VAE halves the size once per extra block)."""
-    size = int(policy.unet.config.sample_size)
+    size = policy.latent_shape[-1]
     if policy.vae is None:
         return size
     return size * 2 ** (len(policy.vae.config.block_out_channels) - 1)

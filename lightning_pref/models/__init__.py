@@ -1,14 +1,12 @@
 """Diffusion policies, their components, loading and tiny test models."""
 
 from lightning_pref.models.components import DiffusionComponents
+from lightning_pref.models.conditioning import pack_sdxl_conditioning, unpack_sdxl_conditioning
 from lightning_pref.models.fast import FastPath
 from lightning_pref.models.flow import FlowPolicy
+from lightning_pref.models.flux import FluxPolicy
 from lightning_pref.models.loading import load_components, load_vae
-from lightning_pref.models.policy import (
-    DiffusionPolicy,
-    pack_sdxl_conditioning,
-    unpack_sdxl_conditioning,
-)
+from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.models.tiny import (
     TinyDiffusionPolicy,
     build_tiny_components,
@@ -22,7 +20,10 @@ from lightning_pref.models.tiny import (
 )
 from lightning_pref.models.tiny_flow import (
     TinyFlowPolicy,
+    TinyFluxPolicy,
+    build_tiny_flux_components,
     build_tiny_sd3_components,
+    save_tiny_flux_pipeline,
     save_tiny_sd3_pipeline,
 )
 
@@ -31,8 +32,12 @@ __all__ = [
     "DiffusionPolicy",
     "FastPath",
     "FlowPolicy",
+    "FluxPolicy",
     "TinyDiffusionPolicy",
     "TinyFlowPolicy",
+    "TinyFluxPolicy",
+    "build_tiny_flux_components",
+    "save_tiny_flux_pipeline",
     "build_tiny_sd3_components",
     "save_tiny_sd3_pipeline",
     "build_tiny_components",

@@ -32,14 +32,9 @@ from torch import Tensor, nn
 
 from lightning_pref.errors import ConfigError
 from lightning_pref.models.components import FlowComponents
+from lightning_pref.models.conditioning import pack_sdxl_conditioning, unpack_sdxl_conditioning
 from lightning_pref.models.loading import check_source, load_flow_components
-from lightning_pref.models.policy import (
-    TORCH_DTYPES,
-    DiffusionPolicy,
-    FrozenDType,
-    pack_sdxl_conditioning,
-    unpack_sdxl_conditioning,
-)
+from lightning_pref.models.policy import TORCH_DTYPES, DiffusionPolicy, FrozenDType
 
 __all__ = ["FlowPolicy", "SD3_LORA_TARGETS"]
 
@@ -252,10 +247,16 @@ class FlowPolicy(DiffusionPolicy):
             hidden_states=x_t, encoder_hidden_states=hidden, pooled_projections=pooled, timestep=t
         ).sample
 
-    def sampling_sigmas(self, num_steps: int) -> Tensor:
+    @property
+    def uses_cfg(self) -> bool:
+        """Classifier-free guidance in sampling (SD3: yes; FLUX embeds its guidance instead)."""
+        return True
+
+    def sampling_sigmas(self, num_steps: int, latent_size: tuple[int, int] | None = None) -> Tensor:
         """The sampler's noise levels ``[num_steps + 1]`` from 1 to 0, as the SD3 pipeline's.
 
         ``FlowMatchEulerDiscreteScheduler.set_timesteps``: evenly spaced, shifted, then 0.
+        ``latent_size`` (h, w) matters only to resolution-dependent shifts (FLUX).
         """
         scheduler = type(self.noise_scheduler).from_config(self.noise_scheduler.config)
         scheduler.set_timesteps(num_steps)

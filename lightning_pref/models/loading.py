@@ -27,6 +27,7 @@ __all__ = [
     "check_source",
     "load_components",
     "load_flow_components",
+    "load_flux_components",
     "load_vae",
     "looks_like_local_path",
     "vae_dtype",
@@ -147,8 +148,8 @@ def _check_layout(pretrained: str, root: Path) -> None:
     missing = [sub for sub in _REQUIRED if not (root / sub).is_dir()]
     if missing and (root / "transformer").is_dir():
         raise ModelLoadError(
-            f"'{pretrained}' is a transformer (SD3/SD3.5) folder: use "
-            "class_path lightning_pref.models.FlowPolicy for the policy"
+            f"'{pretrained}' is a transformer folder: use class_path "
+            "lightning_pref.models.FlowPolicy (SD3/SD3.5) or FluxPolicy (FLUX.1) for the policy"
         )
     if missing:
         raise ModelLoadError(
@@ -277,12 +278,13 @@ def _load_tokenizer(
 _FLOW_REQUIRED = ("transformer", "scheduler", "vae", "text_encoder", "text_encoder_2", "tokenizer")
 
 
-def _check_flow_layout(pretrained: str, root: Path) -> None:
+def _check_flow_layout(pretrained: str, root: Path, kind: str = "SD3") -> None:
     if not root.is_dir():
         raise ModelLoadError(f"model folder '{pretrained}' does not exist")
-    missing = [f"{sub}/" for sub in _FLOW_REQUIRED if not (root / sub).is_dir()]
+    required = (*_FLOW_REQUIRED, "tokenizer_2") if kind == "FLUX" else _FLOW_REQUIRED
+    missing = [f"{sub}/" for sub in required if not (root / sub).is_dir()]
     if missing:
-        raise ModelLoadError(f"'{pretrained}' is not an SD3 folder: missing {', '.join(missing)}")
+        raise ModelLoadError(f"'{pretrained}' is not a {kind} folder: missing {', '.join(missing)}")
     check_weights_folder(root)
 
 
@@ -345,3 +347,53 @@ def load_flow_components(
         raise ModelLoadError(_hub_hint(pretrained)) from err
     vae = as_dtype(vae, vae_dtype(vae, frozen_dtype))
     return FlowComponents(transformer, scheduler, vae, encoders, tokenizers)
+
+
+def load_flux_components(
+    pretrained: str,
+    revision: str | None = None,
+    variant: str | None = None,
+    frozen_dtype: torch.dtype = torch.float32,
+) -> FlowComponents:
+    """Load a FLUX.1 folder: transformer, scheduler, VAE, CLIP-L (pooled) and T5, tokenizers.
+
+    The text parts are ``[CLIP-L, T5, None]`` in :class:`FlowComponents`' slots. Dtypes as
+    :func:`load_flow_components`.
+
+    Raises:
+        ModelLoadError: one line naming what is missing and how to fix it.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import T5EncoderModel
+
+    local = looks_like_local_path(pretrained)
+    root = Path(pretrained).expanduser()
+    if local:
+        _check_flow_layout(pretrained, root, "FLUX")
+    source = str(root) if local else pretrained
+    kwargs: dict[str, Any] = {} if local else {"revision": revision}
+    weights = {"variant": variant, "torch_dtype": torch.float32, **kwargs}
+    text = {"variant": variant, "dtype": frozen_dtype, **kwargs}
+    folder = root if local else None
+    try:
+        transformer = FluxTransformer2DModel.from_pretrained(
+            source, subfolder="transformer", **weights
+        )
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **weights)
+        encoders = [
+            CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **text),
+            T5EncoderModel.from_pretrained(source, subfolder="text_encoder_2", **text),
+            None,
+        ]
+        tokenizers = [
+            _load_tokenizer(source, folder, kwargs, s) for s in ("tokenizer", "tokenizer_2")
+        ]
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(
+            source, subfolder="scheduler", **kwargs
+        )
+    except Exception as err:  # hub/network/format errors come in many types
+        if local:
+            raise ModelLoadError(f"failed to load '{pretrained}': {first_line(err)}") from err
+        raise ModelLoadError(_hub_hint(pretrained)) from err
+    vae = as_dtype(vae, vae_dtype(vae, frozen_dtype))
+    return FlowComponents(transformer, scheduler, vae, encoders, [*tokenizers, None])

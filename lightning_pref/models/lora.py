@@ -32,10 +32,12 @@ _DIFFUSERS = re.compile(r"\.lora\.(down|up)\.weight$")
 _PEFT = {"down": "lora_A", "up": "lora_B"}
 
 
-def lora_state_dict(unet: nn.Module) -> dict[str, Tensor]:
+def lora_state_dict(unet: nn.Module, peft_keys: bool = False) -> dict[str, Tensor]:
     """The UNet's LoRA weights in diffusers' format, the ``alpha/r`` scale folded into lora_B.
 
-    Keys ``X.lora.down.weight``/``X.lora.up.weight`` (``save_lora_weights`` adds ``unet.``).
+    Keys ``X.lora.down.weight``/``X.lora.up.weight`` (``save_lora_weights`` adds ``unet.``);
+    with ``peft_keys`` PEFT's ``X.lora_A.weight``/``X.lora_B.weight``, which the SD3 and FLUX
+    pipelines' ``save_lora_weights`` take for a transformer.
     """
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.tuners.lora import LoraLayer
@@ -46,7 +48,7 @@ def lora_state_dict(unet: nn.Module) -> dict[str, Tensor]:
         if isinstance(module, LoraLayer) and "default" in module.scaling:
             key = f"{name}.lora_B.weight"
             state[key] = state[key] * module.scaling["default"]
-    return convert_state_dict_to_diffusers(state)
+    return state if peft_keys else convert_state_dict_to_diffusers(state)
 
 
 def _peft_key(key: str) -> str | None:

@@ -8,19 +8,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_pref.errors import ConfigError, ModelLoadError
 from lightning_pref.models.components import DiffusionComponents
+from lightning_pref.models.conditioning import pack_sdxl_conditioning, unpack_sdxl_conditioning
 from lightning_pref.models.loading import check_source, load_components
 from lightning_pref.models.lora import load_lora_init
 
 __all__ = [
     "DiffusionPolicy",
     "TORCH_DTYPES",
-    "pack_sdxl_conditioning",
-    "unpack_sdxl_conditioning",
 ]
 
 PredictionType = Literal["epsilon", "v_prediction"]
@@ -28,23 +26,6 @@ FrozenDType = Literal["float32", "bfloat16", "float16"]
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 SDXL_NUM_TIME_IDS = 6  # (H, W, crop top, crop left, target H, target W)
-
-
-def pack_sdxl_conditioning(hidden: Tensor, pooled: Tensor) -> Tensor:
-    """Pack SDXL's two text conditionings into one tensor ``[B, L + 1, D]``.
-
-    ``hidden`` ``[B, L, D]`` (both encoders' penultimate states, concatenated) keeps rows
-    ``0..L-1``; row ``L`` holds ``pooled`` ``[B, P]`` (P <= D) zero-padded to D.
-    """
-    if pooled.shape[-1] > hidden.shape[-1]:
-        raise ValueError(f"pooled width {pooled.shape[-1]} > text width {hidden.shape[-1]}")
-    row = F.pad(pooled, (0, hidden.shape[-1] - pooled.shape[-1])).to(hidden.dtype)  # [B, D]
-    return torch.cat([hidden, row.unsqueeze(1)], dim=1)
-
-
-def unpack_sdxl_conditioning(packed: Tensor, pooled_dim: int) -> tuple[Tensor, Tensor]:
-    """Inverse of :func:`pack_sdxl_conditioning`: ``([B, L, D], [B, pooled_dim])``."""
-    return packed[:, :-1], packed[:, -1, :pooled_dim]
 
 
 class DiffusionPolicy(nn.Module):
@@ -258,6 +239,12 @@ class DiffusionPolicy(nn.Module):
         if self.vae is None:
             return 1
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(C, h, w)`` of the latents the sampler starts from (the UNet's sample size)."""
+        config = self.unet.config
+        return int(config.in_channels), int(config.sample_size), int(config.sample_size)
 
     @property
     def is_flow(self) -> bool:

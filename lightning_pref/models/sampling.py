@@ -204,8 +204,7 @@ def sample_images(
     device = policy.unet.device
     cond = policy.encode_prompt(list(captions))  # [N, L, D]
     uncond = policy.encode_prompt([""] * len(captions))
-    unet_cfg = policy.unet.config
-    c, h, w = latent_shape or (unet_cfg.in_channels, unet_cfg.sample_size, unet_cfg.sample_size)
+    c, h, w = latent_shape or policy.latent_shape
     x = torch.randn((len(captions), c, h, w), generator=generator, device=device)
     if policy.is_flow:
         _check_flow_sampling(eta, denoiser, uncond_denoiser)
@@ -239,16 +238,20 @@ def flow_euler(
     """The Euler ODE of a flow policy from ``x`` (pure noise ``[N, C, h, w]``) to latents.
 
     As ``StableDiffusion3Pipeline``: ``x ← x + (σ_next − σ)·v``, ``v`` from CFG (unconditional
-    first in one batched forward), on the pipeline's sigmas (``policy.sampling_sigmas``).
+    first in one batched forward), on the pipeline's sigmas (``policy.sampling_sigmas``); as
+    ``FluxPipeline`` for FLUX: no CFG, ``guidance_scale`` into the guidance embedding.
     """
-    sigmas = policy.sampling_sigmas(num_steps)  # [num_steps + 1]
+    sigmas = policy.sampling_sigmas(num_steps, tuple(x.shape[-2:]))  # [num_steps + 1]
 
     def velocity(x_t: Tensor, sigma: Tensor, embeds: Tensor) -> Tensor:
         return policy.velocity(policy.unet, x_t, sigma, embeds)
 
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         s = sigma.expand(x.shape[0])
-        v = cfg_predict(velocity, x, s, cond, uncond, guidance_scale)
+        if policy.uses_cfg:
+            v = cfg_predict(velocity, x, s, cond, uncond, guidance_scale)
+        else:  # FLUX: no unconditional branch; the guidance goes into its embedding
+            v = policy.velocity(policy.unet, x, s, cond, guidance=guidance_scale)
         x = (x.float() + (sigma_next - sigma) * v.float()).to(v.dtype)
     return x
 
@@ -287,8 +290,7 @@ def sample_seeded(
     """
     device = policy.unet.device
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-    cfg = policy.unet.config
-    shape = (1, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    shape = (1, *policy.latent_shape)
 
     def draw() -> Tensor:
         return torch.cat([torch.randn(shape, generator=g, device=device) for g in gens])

@@ -18,31 +18,44 @@ from diffusers import (
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
-from transformers import CLIPTextModelWithProjection
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from lightning_pref.models.components import FlowComponents
 from lightning_pref.models.flow import FlowPolicy, TimestepSampling
+from lightning_pref.models.flux import FluxPolicy
 from lightning_pref.models.tiny import text_config, tiny_tokenizer
 
-__all__ = ["TinyFlowPolicy", "build_tiny_sd3_components", "save_tiny_sd3_pipeline"]
+__all__ = [
+    "TinyFlowPolicy",
+    "TinyFluxPolicy",
+    "build_tiny_flux_components",
+    "build_tiny_sd3_components",
+    "save_tiny_flux_pipeline",
+    "save_tiny_sd3_pipeline",
+]
 
 CLIP_WIDTH = 16  # each tiny CLIP's width and projection (pooled: 32)
 TEXT_LENGTH = 16
 
 
-def _vae(sample_size: int) -> AutoencoderKL:
+def _vae(
+    sample_size: int,
+    latent_channels: int = 16,
+    scaling_factor: float = 1.5305,  # SD3's
+    shift_factor: float = 0.0609,
+) -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
         block_out_channels=(8, 16),
-        latent_channels=16,
+        latent_channels=latent_channels,
         layers_per_block=1,
         norm_num_groups=4,
         sample_size=sample_size * 2,
-        scaling_factor=1.5305,  # SD3's
-        shift_factor=0.0609,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
         use_quant_conv=False,
         use_post_quant_conv=False,
     )
@@ -123,3 +136,88 @@ class TinyFlowPolicy(FlowPolicy):
 
     def _load_components(self) -> FlowComponents:
         return build_tiny_sd3_components(**self.tiny_kwargs)  # type: ignore[arg-type]
+
+
+def build_tiny_flux_components(sample_size: int = 8, seed: int = 0) -> FlowComponents:
+    """Seeded tiny FLUX.1-dev parts, images twice ``sample_size``.
+
+    A 1+1-block transformer with a guidance embedding, CLIP-L and T5 stand-ins (T5 reads the
+    character-level tokenizer's ids), a 4-channel VAE, FLUX's resolution-shifted scheduler.
+    """
+    from diffusers import FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,  # 4 latent channels x 2x2 patches
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=CLIP_WIDTH,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    )
+    clip = CLIPTextModel(text_config(CLIP_WIDTH, TEXT_LENGTH))
+    t5 = T5EncoderModel(
+        T5Config(vocab_size=514, d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=1)
+    )
+    vae = _vae(sample_size, latent_channels=4, scaling_factor=0.3611, shift_factor=0.1159)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+        max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
+    )  # fmt: skip
+    tokenizers = [tiny_tokenizer(TEXT_LENGTH), tiny_tokenizer(512, pad_token="!"), None]
+    return FlowComponents(transformer, scheduler, vae, [clip, t5, None], tokenizers)
+
+
+def save_tiny_flux_pipeline(folder: str | Path, sample_size: int = 8, seed: int = 0) -> Path:
+    """Save the tiny FLUX model as a diffusers ``FluxPipeline`` folder."""
+    from diffusers import FluxPipeline
+
+    parts = build_tiny_flux_components(sample_size, seed)
+    FluxPipeline(
+        transformer=parts.transformer,
+        scheduler=parts.scheduler,
+        vae=parts.vae,
+        text_encoder=parts.text_encoders[0],
+        tokenizer=parts.tokenizers[0],
+        text_encoder_2=parts.text_encoders[1],
+        tokenizer_2=parts.tokenizers[1],
+    ).save_pretrained(str(folder))
+    return Path(folder)
+
+
+class TinyFluxPolicy(FluxPolicy):
+    """A seeded tiny FLUX.1-dev-shaped model built in code (:func:`build_tiny_flux_components`).
+
+    Args:
+        sample_size: latent size (images are twice that).
+        seed: initialisation seed.
+        lora_rank: LoRA rank, or None for full fine-tuning.
+        lora_alpha: LoRA alpha; None = rank.
+        timestep_sampling: ``uniform``, ``logit_normal`` or ``mode``.
+    """
+
+    def __init__(
+        self,
+        sample_size: int = 8,
+        seed: int = 0,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        timestep_sampling: TimestepSampling = "logit_normal",
+    ) -> None:
+        super().__init__(
+            pretrained="<tiny-flux>",
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            check_source=False,
+            timestep_sampling=timestep_sampling,
+            sample_size=sample_size,
+        )
+        self.tiny_kwargs = {"sample_size": sample_size, "seed": seed}
+
+    def _load_components(self) -> FlowComponents:
+        return build_tiny_flux_components(**self.tiny_kwargs)  # type: ignore[arg-type]

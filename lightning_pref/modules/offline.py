@@ -137,11 +137,12 @@ class OfflinePairModule(DenoisingModule):
         unet = self.policy.unet.config
         width = batch.prompt_embeds.shape[-1]
         expected = unet.get("cross_attention_dim") or unet.get("joint_attention_dim")  # UNet, SD3
-        if batch.mean_w.shape[1] != unet.in_channels or width != expected:
+        channels = self.policy.latent_shape[0]
+        if batch.mean_w.shape[1] != channels or width != expected:
             raise ConfigError(
                 f"the latent cache does not fit this model: {batch.mean_w.shape[1]} latent "
                 f"channels and {width}-wide text embeddings, the model expects "
-                f"{unet.in_channels} and {expected}; rebuild it with "
+                f"{channels} and {expected}; rebuild it with "
                 "`python -m lightning_pref cache-latents` for this model"
             )
 

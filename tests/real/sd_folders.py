@@ -15,7 +15,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, SD3Transformer2DModel, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
 from safetensors.torch import save_file
 from transformers import (
     CLIPTextConfig,
@@ -30,6 +35,8 @@ SD21 = "sd21_stable-diffusion-2-1"
 SDXL = "sdxl_stable-diffusion-xl-base-1.0"
 SD3 = "sd3_stable-diffusion-3-medium-diffusers"
 SD35L = "sd35l_stable-diffusion-3.5-large"
+FLUX_DEV = "flux1-dev_FLUX.1-dev"
+FLUX_SCHNELL = "flux1-schnell_FLUX.1-schnell"  # only its transformer and scheduler differ
 T5_WIDTH = 64  # the stand-in T5's width = the stand-in transformer's joint_attention_dim
 TEXT_WIDTH = 32  # each stand-in text encoder's width (SDXL: two of them, 64 together)
 _MODELS = {
@@ -40,7 +47,12 @@ _MODELS = {
     "text_encoder_2": (CLIPTextModelWithProjection, "model"),
     "text_encoder_3": (T5EncoderModel, "model"),
 }
-_TEXT = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
+_CLASSES = {  # by a config's architectures / _class_name (FLUX's text_encoder_2 is T5)
+    "CLIPTextModel": CLIPTextModel,
+    "CLIPTextModelWithProjection": CLIPTextModelWithProjection,
+    "T5EncoderModel": T5EncoderModel,
+    "FluxTransformer2DModel": FluxTransformer2DModel,
+}
 
 
 def _small_text(config: dict) -> dict:
@@ -75,6 +87,17 @@ def _small_unet(config: dict) -> dict:
 
 
 def _small_transformer(config: dict) -> dict:
+    if config["_class_name"] == "FluxTransformer2DModel":
+        return {
+            **config,
+            "num_layers": 1,
+            "num_single_layers": 1,
+            "attention_head_dim": 16,
+            "num_attention_heads": 2,
+            "joint_attention_dim": T5_WIDTH,
+            "pooled_projection_dim": TEXT_WIDTH,
+            "axes_dims_rope": [4, 6, 6],
+        }
     small = {
         **config,
         "num_layers": 1,
@@ -136,7 +159,8 @@ def random_weights_folder(
         if not config_file.is_file():
             continue
         real = json.loads(config_file.read_text())
-        config = _SHRINK[name](real) if small else real
+        cls = _CLASSES.get(real.get("_class_name") or (real.get("architectures") or [""])[0], cls)
+        config = (_small_t5 if cls is T5EncoderModel else _SHRINK[name])(real) if small else real
         torch.manual_seed(seed)
         model = _build(cls, config)
         suffix = f".{variant}.safetensors" if variant else ".safetensors"
@@ -150,9 +174,8 @@ def random_weights_folder(
 
 
 def _build(cls: type, config: dict) -> torch.nn.Module:
-    if cls in (UNet2DConditionModel, AutoencoderKL, SD3Transformer2DModel):
-        return cls.from_config(config)
     if cls is T5EncoderModel:
         return T5EncoderModel(T5Config(**config))
-    cls = _TEXT.get((config.get("architectures") or [""])[0], cls)  # SD3: both with projection
-    return cls(CLIPTextConfig(**config))
+    if cls in (CLIPTextModel, CLIPTextModelWithProjection):
+        return cls(CLIPTextConfig(**config))
+    return cls.from_config(config)
