@@ -97,3 +97,84 @@ def test_evaluate_a_flow_run(fit_tiny, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["sampler"] == "Euler ODE (flow)"
     assert report["num_samples"] == 4 and "gold" in report["scores"]
+
+
+def test_flow_step_pool_pairs_are_draws_of_the_training_transition(monkeypatch):
+    """The SD3 step pool branches candidates with Flow-GRPO's SDE; recomputing each stored
+    transition as training does (``transition`` on the integer levels) gives standard-normal
+    residuals (x_w - mean) / std: sampling and the log-probabilities agree."""
+    from pathlib import Path
+
+    from lightning_pref.data import StepPoolSampler
+    from lightning_pref.models.sampling import transition
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "resume"))
+    from resume_helpers import Brightness
+
+    policy = TinyFlowPolicy()
+    policy.build()
+    sampler = StepPoolSampler(Brightness(), num_candidates=3, num_steps=5, eta=0.7)
+    pool = sampler.generate(
+        policy, ["a red circle", "a blue square"] * 4, torch.Generator().manual_seed(0)
+    )
+    b = pool.batch
+    cond = policy.encode_prompt(b.captions)
+    uncond = policy.encode_prompt([""] * len(b.captions))
+    with torch.no_grad():
+        out = sampler.predict(policy, b.x_t, b.timesteps, cond, uncond)
+        step = transition(policy, out, b.x_t, b.timesteps, b.prev_timesteps, 0.7, prev_sample=b.x_w)
+    z = torch.cat([(x - step.mean) / step.std.view(-1, 1, 1, 1) for x in (b.x_w, b.x_l)])
+    assert abs(z.mean().item()) < 0.05 and abs(z.std().item() - 1) < 0.05
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_spo_on_flow_trains(fit_tiny, tmp_path, lora):
+    """Two optimizer steps of SPO on the tiny SD3 model move the trainable weights."""
+    version = fit_tiny("tiny_spo_sd3.yaml", tmp_path, *([LORA] if lora else []))
+    ckpt = torch.load(version / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    base = TinyFlowPolicy(lora_rank=4 if lora else None)
+    torch.manual_seed(0)
+    base.build()
+    start = {f"policy.{k}": v for k, v in base.state_dict().items()}
+    keys = [k for k in ckpt["state_dict"] if "lora_B" in k] if lora else list(ckpt["state_dict"])
+    assert keys and any(not torch.equal(ckpt["state_dict"][k], start[k]) for k in keys)
+
+
+def test_flux_step_pools_are_refused_in_one_line():
+    from lightning_pref.data import StepPoolSampler
+    from lightning_pref.errors import ConfigError
+    from lightning_pref.models import TinyFluxPolicy
+    from lightning_pref.scoring.base import Scorer
+
+    class Zero(Scorer):
+        def forward(self, images, captions, timesteps=None):
+            return images.new_zeros(images.shape[0])
+
+    policy = TinyFluxPolicy()
+    policy.build()
+    with pytest.raises(ConfigError, match="FLUX"):
+        StepPoolSampler(Zero()).generate(policy, ["a"], torch.Generator())
+
+
+def test_flow_transition_levels_by_hand():
+    """The pool's integer levels map to σ(t) = 3s/(1+2s), s = (t+1)/1000 (SD3's shift 3), and a
+    level below 0 to σ = 0: transition equals flow_sde_step on those σ written out by hand."""
+    from lightning_pref.models.sampling import flow_sde_step, transition
+
+    policy = TinyFlowPolicy()
+    policy.build()
+
+    def sigma(t: int) -> float:
+        s = (t + 1) / 1000
+        return 3 * s / (1 + 2 * s)
+
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(2, 16, 8, 8, generator=g), torch.randn(2, 16, 8, 8, generator=g)
+    t, t_prev = torch.tensor([801, 1]), torch.tensor([601, -199])
+    ours = transition(policy, v, x, t, t_prev, 0.7, prev_sample=x)
+    hand = flow_sde_step(
+        v, x, torch.tensor([sigma(801), sigma(1)]), torch.tensor([sigma(601), 0.0]), 1.0, 0.7,
+        prev_sample=x,
+    )  # fmt: skip
+    torch.testing.assert_close(ours.mean, hand.mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.std, hand.std, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,8 @@
 """On-policy step pools: candidates branched from one shared x_t, ranked by a step scorer.
 
-The SPO pool (METHODS §2.1, ``multi_sample_pipeline.py``) as one reusable sampler. For each prompt
+The SPO pool (METHODS §2.1, ``multi_sample_pipeline.py``) as one reusable sampler. A flow policy
+(SD3/SD3.5) steps with Flow-GRPO's SDE instead of DDIM (:func:`~lightning_pref.models.sampling.
+transition`; η is its noise level) on the same integer levels. For each prompt
 the policy runs down a DDIM chain with η and CFG. From the first step with ``t ≤ max_timestep`` on,
 every step branches ``num_candidates`` samples x_{t−1} from the *same* x_t (same mean, different
 DDIM noise); at the next step each candidate's own x̂0 is decoded and scored at the candidate's
@@ -24,8 +26,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_pref.errors import ConfigError
 from lightning_pref.models.policy import DiffusionPolicy
-from lightning_pref.models.sampling import DDIMStep, cfg_predict, ddim_step, ddim_timesteps
+from lightning_pref.models.sampling import DDIMStep, cfg_predict, ddim_timesteps, transition
 from lightning_pref.scoring.base import Scorer
 from lightning_pref.types import StepPoolBatch
 
@@ -170,6 +173,11 @@ class StepPoolSampler(nn.Module):
         self, policy: DiffusionPolicy, captions: list[str], generator: torch.Generator
     ) -> StepPool:
         """Run one round for ``captions`` (P prompts) with the current policy weights."""
+        if policy.is_flow and (self.reward_guidance > 0 or not policy.uses_cfg):
+            raise ConfigError(
+                "step pools on a flow policy run SD3/SD3.5 without reward guidance for now: "
+                "FLUX's embedded guidance and TailorPO-G's x0 shift are not done"
+            )
         start = time.perf_counter()
         was_training = policy.training
         policy.eval()
@@ -183,14 +191,9 @@ class StepPoolSampler(nn.Module):
     def _generate(
         self, policy: DiffusionPolicy, captions: list[str], generator: torch.Generator
     ) -> StepPool:
-        device, n, k = policy.alphas_cumprod.device, len(captions), self.num_candidates
+        device, n, k = policy.unet.device, len(captions), self.num_candidates
         cond, uncond = policy.encode_prompt(captions), policy.encode_prompt([""] * n)  # [P, L, D]
-        cfg = policy.unet.config
-        x = torch.randn(
-            (n, cfg.in_channels, cfg.sample_size, cfg.sample_size),
-            generator=generator,
-            device=device,
-        )  # [P, C, h, w]
+        x = torch.randn((n, *policy.latent_shape), generator=generator, device=device)
         steps, branch, ratio = self.schedule(policy.num_train_timesteps)
         rec, rows = _Recorder(), torch.arange(n, device=device)
         x = self._run_chain(policy, x, steps[:branch], ratio, cond, uncond, generator)
@@ -244,7 +247,7 @@ class StepPoolSampler(nn.Module):
         for t_int in steps:
             t = torch.full((n,), t_int, device=device, dtype=torch.long)
             out = self.predict(policy, x, t, cond, uncond)
-            x = ddim_step(policy, out, x, t, t - ratio, self.eta, generator).prev_sample
+            x = transition(policy, out, x, t, t - ratio, self.eta, generator).prev_sample
         return x
 
     def _rank(
@@ -289,7 +292,7 @@ def _transition(
     policy: DiffusionPolicy, out: Tensor, x: Tensor, t: Tensor, ratio: int, eta: float
 ) -> DDIMStep:
     """Mean and σ of x_t → x_{t−ratio}; its ``prev_sample`` is unused (``_branch`` draws)."""
-    return ddim_step(policy, out, x, t, t - ratio, eta, prev_sample=x)
+    return transition(policy, out, x, t, t - ratio, eta, prev_sample=x)
 
 
 def _pool(rec: _Recorder, ratio: int, final_scores: Tensor, threshold: float) -> StepPool:

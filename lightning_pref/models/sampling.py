@@ -34,6 +34,7 @@ __all__ = [
     "sample_images",
     "sample_plan",
     "sample_seeded",
+    "transition",
 ]
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -133,6 +134,31 @@ def flow_sde_step(
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=mean.dtype)
         prev_sample = mean + std * noise
     return DDIMStep(prev_sample, mean, std.flatten(), x - s * v, x + (1 - s) * v)
+
+
+def transition(
+    policy: DiffusionPolicy,
+    model_out: Tensor,
+    x_t: Tensor,
+    t: Tensor,
+    t_prev: Tensor,
+    eta: float,
+    generator: torch.Generator | None = None,
+    prev_sample: Tensor | None = None,
+) -> DDIMStep:
+    """One stochastic sampler step between integer levels ``t`` → ``t_prev`` ``[N]``.
+
+    DDIM with η for a UNet policy; Flow-GRPO's SDE (:func:`flow_sde_step`, η its noise level) for
+    a flow policy, on its training sigma table (σ(t_prev < 0) = 0). The step pools and their
+    log-probabilities use this one function, so sampling and training agree.
+    """
+    if not policy.is_flow:
+        return ddim_step(policy, model_out, x_t, t, t_prev, eta, generator, prev_sample)
+    sigmas = policy.sigmas
+    sigma = sigmas[t]
+    sigma_prev = torch.where(t_prev >= 0, sigmas[t_prev.clamp(min=0)], torch.zeros_like(sigma))
+    sigma_max = float(sigmas[-2])  # the highest level below 1 (used only at σ = 1)
+    return flow_sde_step(model_out, x_t, sigma, sigma_prev, sigma_max, eta, generator, prev_sample)
 
 
 def gaussian_logprob(x_prev: Tensor, mean: Tensor, std: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ from lightning_pref.data.step_pool import StepPool, StepPoolSampler
 from lightning_pref.errors import TrainingDivergedError
 from lightning_pref.models.fast import FastPath
 from lightning_pref.models.policy import DiffusionPolicy
-from lightning_pref.models.sampling import ddim_step, gaussian_logprob
+from lightning_pref.models.sampling import gaussian_logprob, transition
 from lightning_pref.modules.base import PreferenceModule, ReferenceMode
 from lightning_pref.objectives.base import StepObjective
 from lightning_pref.types import ObjectiveOutput, PromptBatch, StepPair, StepPoolBatch
@@ -81,7 +81,7 @@ class StepPoolModule(PreferenceModule):
         return self.pool.predict(denoise, batch.x_t, batch.timesteps, cond, uncond)
 
     def _logps(self, batch: StepPoolBatch, out: Tensor) -> tuple[Tensor, Tensor]:
-        step = ddim_step(
+        step = transition(
             self.policy,
             out,
             batch.x_t,
