@@ -151,3 +151,21 @@ def test_baseline_loss_is_diffusion_dpo():
     pred, ref, target = torch.cat([zeros, ones]), torch.cat([ones, ones]), torch.cat([zeros, zeros])
     loss = _dpo_loss(pred, ref, target, beta=1.0)
     assert torch.isclose(loss, torch.tensor(0.474077), atol=1e-6)
+
+
+def test_bench_sd35m_counts_on_meta(tmp_path, capsys):
+    """``bench --arch sd35m``: SD3.5 Medium's 2,243,171,520 transformer parameters (its config,
+    as tests/real counts it), the backward about twice the forward, and a DPO pair costing
+    2 (fwd + bwd) + 2 fwd; the table and bench.json are written."""
+    import json
+
+    from lightning_pref.__main__ import main
+
+    main(["bench", "--arch", "sd35m", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["transformer_params"] == 2_243_171_520
+    assert (report["image_tokens"], report["text_tokens"]) == (1024, 333)
+    fwd, train = report["forward_gflop_per_image"], report["forward_backward_gflop_per_image"]
+    assert 2.5 < train / fwd < 3.5
+    assert report["dpo_gflop_per_pair"] == pytest.approx(2 * train + 2 * fwd)
+    assert "flow DPO, GFLOP per pair" in capsys.readouterr().out

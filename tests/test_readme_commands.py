@@ -89,6 +89,10 @@ PLAN: dict[str, dict] = {
     ): {"mode": "run", "extra": SHORT_EVAL, "minipick": 1},
     TINY_FIT: {"mode": "run"},
     lp("fit --config tests/configs/tiny_dpo_sd3.yaml --trainer.max_steps 4"): {"mode": "run"},
+    lp("bench --arch sd35m --out bench_sd35m"): {
+        "mode": "test",
+        "test": "tests/test_bench.py::test_bench_sd35m_counts_on_meta",
+    },
     lp("bench --out runs/bench"): {
         "mode": "run",
         "extra": ["--steps", "2", "--warmup", "1", "--batch_size", "2"],

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_pref.cli import parse_dataclass
+from lightning_pref.commands.bench.flow import flow_bench
 from lightning_pref.commands.bench.models import (
     Arch,
     BenchDiffusionPolicy,
@@ -66,7 +67,9 @@ class BenchArgs:
     """Arguments of ``python -m lightning_pref bench``.
 
     Attributes:
-        arch: ``tiny`` / ``tiny_sdxl`` (CPU-sized) or ``sd15`` / ``sdxl`` (real, random init).
+        arch: ``tiny`` / ``tiny_sdxl`` (CPU-sized), ``sd15`` / ``sdxl`` (real, random init), or
+            ``sd35m`` (SD3.5 Medium's flow transformer: parameters and GFLOP counted on meta
+            tensors, nothing timed).
         resolution: image side; None = 512 (sd15), 1024 (sdxl), ``2 * sample_size`` (tiny).
         sample_size: tiny models only: latent side (images are twice that).
         block_out_channels: tiny models only: UNet widths.
@@ -97,7 +100,7 @@ class BenchArgs:
         out: folder for bench.json and bench.md (None: print only).
     """
 
-    arch: Arch = "tiny"
+    arch: Arch | Literal["sd35m"] = "tiny"
     resolution: int | None = None
     sample_size: int = 16
     block_out_channels: tuple[int, ...] = (32, 64)
@@ -389,6 +392,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     """Parse ``bench``'s arguments, run it and print the table."""
     args = parse_dataclass(BenchArgs, argv, "python -m lightning_pref bench")
     args.block_out_channels, args.paths = tuple(args.block_out_channels), list(args.paths)
+    if args.arch == "sd35m":  # counted on meta tensors, nothing timed
+        return flow_bench(args.resolution or 512, args.out)
     report = run_bench(args)
     print(format_table(report))
     return report
