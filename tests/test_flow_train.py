@@ -178,3 +178,26 @@ def test_flow_transition_levels_by_hand():
     )  # fmt: skip
     torch.testing.assert_close(ours.mean, hand.mean, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours.std, hand.std, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("objective", "noising"),
+    [("SmPO", ["--model.init_args.noising.init_args.renoise=true"]),
+     ("InPO", ["--model.init_args.noising.init_args.num_steps=10",
+               "--model.init_args.noising.init_args.extra_noise=0.1"])],
+)  # fmt: skip
+def test_smpo_and_inpo_train_on_flow_with_flow_inversion(fit_tiny, tmp_path, objective, noising):
+    """SmPO (ReNoise) and InPO (η 0.1, grid 10) with FlowInversion: two steps move the adapters."""
+    extra = [
+        f"--model.init_args.objective=lightning_pref.objectives.{objective}",
+        "--model.init_args.objective.init_args={}",
+        "--model.init_args.noising=lightning_pref.models.noising.FlowInversion",
+        *noising,
+        LORA,
+    ]
+    state = _trained(fit_tiny("tiny_dpo_sd3.yaml", tmp_path, *extra))
+    base = TinyFlowPolicy(lora_rank=4)
+    torch.manual_seed(0)
+    base.build()
+    start = {f"policy.{k}": v for k, v in base.state_dict().items()}
+    assert any(not torch.equal(state[k], start[k]) for k in state if "lora_B" in k)

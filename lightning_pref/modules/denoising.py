@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lightning_pref.errors import ConfigError, TrainingDivergedError
 from lightning_pref.models.fast import FastPath
-from lightning_pref.models.noising import ForwardNoising, NoisingStrategy
+from lightning_pref.models.noising import FlowInversion, ForwardNoising, NoisingStrategy
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.modules.base import PreferenceModule, ReferenceMode
 from lightning_pref.objectives.base import PairObjective, UnpairedObjective
@@ -59,10 +59,11 @@ class DenoisingModule(PreferenceModule):
     def configure_model(self) -> None:
         """Build the models; a schedule-weighted objective (CaPO) gets the policy's schedule."""
         super().configure_model()
-        if self.policy.is_flow and not isinstance(self.noising, ForwardNoising):
+        if self.policy.is_flow and not isinstance(self.noising, ForwardNoising | FlowInversion):
             raise ConfigError(
                 f"{type(self.noising).__name__} inverts along a DDPM noise schedule, which a "
-                "rectified-flow FlowPolicy does not have: use ForwardNoising or a UNet policy"
+                "rectified-flow FlowPolicy does not have: set model.init_args.noising to "
+                "lightning_pref.models.noising.FlowInversion (its flow equivalent)"
             )
         bind = getattr(self.objective, "bind_schedule", None)
         if bind is not None:

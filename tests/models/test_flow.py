@@ -214,3 +214,45 @@ def test_flow_sde_step_and_log_density_match_flow_grpo_and_the_gaussian(sd3_fold
     ode = flow_sde_step(v, x, sigmas[i], sigmas[i + 1], float(sigmas[1]), 0.0, g)
     euler = x + (sigmas[i + 1] - sigmas[i]).view(-1, 1, 1, 1) * v
     torch.testing.assert_close(ode.prev_sample, euler)  # η = 0: the Euler step, no noise
+
+
+def _stub_flow(velocity):
+    """A policy-like object: SD3's sigma table (shift 3) and a velocity given in the test."""
+    from types import SimpleNamespace
+
+    s = (torch.arange(1000, dtype=torch.float64) + 1) / 1000
+    return SimpleNamespace(
+        is_flow=True,
+        num_train_timesteps=1000,
+        sigmas=(3 * s / (1 + 2 * s)).float(),
+        unet=None,
+        velocity=lambda unet, x, sigma, emb: velocity(x, sigma),
+    )
+
+
+def test_flow_inversion_by_hand():
+    """Grid n=5: levels -1, 199, 399, 599, 799, 999. t=300 takes the steps from -1 and 199 and
+    lands at 399; with a constant velocity c, x = x0 + σ(399)·c (the steps telescope), and the
+    target is ε̂ - x0 with ε̂ = (x - (1 - σ(300)) x0) / σ(300). ReNoise with v(x) = x: each step
+    is x ← x (1 + d + d²/2), d the step's σ difference."""
+    from lightning_pref.models.noising import FlowInversion
+
+    sig = lambda t: 3 * ((t + 1) / 1000) / (1 + 2 * (t + 1) / 1000)  # noqa: E731
+    x0, c = torch.full((1, 1, 1, 1), 0.5), 2.0
+    strategy = FlowInversion(num_steps=5)
+    assert strategy.levels(1000) == [-1, 199, 399, 599, 799, 999]
+    out = strategy(
+        _stub_flow(lambda x, s: torch.full_like(x, c)),
+        x0,
+        torch.tensor([300]),
+        None,
+        torch.zeros(1, 1, 1),
+    )
+    assert out.x_t.item() == pytest.approx(0.5 + sig(399) * c, rel=1e-6)
+    eps = (out.x_t.item() - (1 - sig(300)) * 0.5) / sig(300)
+    assert out.target.item() == pytest.approx(eps - 0.5, rel=1e-5)
+    renoise = FlowInversion(num_steps=5, renoise=True)
+    out = renoise(_stub_flow(lambda x, s: x), x0, torch.tensor([300]), None, torch.zeros(1, 1, 1))
+    d1, d2 = sig(199), sig(399) - sig(199)
+    expected = 0.5 * (1 + d1 + d1**2 / 2) * (1 + d2 + d2**2 / 2)
+    assert out.x_t.item() == pytest.approx(expected, rel=1e-5)
