@@ -19,6 +19,7 @@ __all__ = [
     "ImageLabelBatch",
     "ImagePairBatch",
     "LatentPairBatch",
+    "NoisePairBatch",
     "ObjectiveOutput",
     "PairBatch",
     "PromptBatch",
@@ -71,13 +72,32 @@ class ImageLabelBatch:
 
 
 @dataclass
+class NoisePairBatch:
+    """Noise-tracked pairs (PNAPO): generated latents with the prior noise each started from."""
+
+    latents_w: Tensor  # [B, C, h, w] the preferred image's latents, as generated
+    latents_l: Tensor  # [B, C, h, w]
+    noise_w: Tensor  # [B, C, h, w] the x_T (σ = 1) the winner was sampled from
+    noise_l: Tensor  # [B, C, h, w]
+    captions: list[str]  # B captions; "" where empty-prompt dropout fired
+    pref_prob: Tensor  # [B] σ(reward gap) of the pair
+    num_skipped: int = 0
+
+
+@dataclass
 class PairBatch:
-    """A batch of preference pairs in latent space, ready for the denoiser."""
+    """A batch of preference pairs in latent space, ready for the denoiser.
+
+    ``noise_w``/``noise_l``: each image's own prior noise (noise-tracked pairs), used instead of
+    a fresh draw; None: the module draws the noise.
+    """
 
     latents_w: Tensor  # [B, C, h, w] preferred image
     latents_l: Tensor  # [B, C, h, w]
     prompt_embeds: Tensor  # [B, L, D]
     pref_prob: Tensor  # [B] P(w ≻ l); 1.0 for hard labels
+    noise_w: Tensor | None = None  # [B, C, h, w]
+    noise_l: Tensor | None = None  # [B, C, h, w]
 
 
 @dataclass(frozen=True)

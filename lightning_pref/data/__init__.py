@@ -9,6 +9,11 @@ from lightning_pref.data.fake import (
 from lightning_pref.data.folder import PairFolderDataModule, read_pair_csv
 from lightning_pref.data.latent_cache import CachedPairDataModule, CachedPairs, build_latent_cache
 from lightning_pref.data.no_images import NO_IMAGES_COLUMNS, read_no_images, resolve_image_path
+from lightning_pref.data.noise_pairs import (
+    NoisePairDataModule,
+    NoisePairs,
+    generate_noise_pairs,
+)
 from lightning_pref.data.pairs import (
     PairBuilder,
     PairCollate,
@@ -40,6 +45,9 @@ from lightning_pref.data.step_pool import StepPool, StepPoolSampler
 from lightning_pref.data.transforms import ImageTransform, decode_image
 
 __all__ = [
+    "NoisePairDataModule",
+    "NoisePairs",
+    "generate_noise_pairs",
     "NO_IMAGES_COLUMNS",
     "PICKAPIC_NO_IMAGES_SCHEMA",
     "PICKAPIC_SCHEMA",

@@ -19,11 +19,12 @@ from lightning_pref.types import (
     DenoisePair,
     ImagePairBatch,
     LatentPairBatch,
+    NoisePairBatch,
     ObjectiveOutput,
     PairBatch,
 )
 
-PairInput = ImagePairBatch | LatentPairBatch
+PairInput = ImagePairBatch | LatentPairBatch | NoisePairBatch
 
 __all__ = ["OfflinePairModule"]
 
@@ -99,6 +100,11 @@ class OfflinePairModule(DenoisingModule):
         """Encode images (VAE posterior sample) and captions (frozen text encoder)."""
         if isinstance(batch, LatentPairBatch):
             return self.cached_latents(batch, generator)
+        if isinstance(batch, NoisePairBatch):  # generated latents and their prior noises
+            embeds = self.policy.encode_prompt(batch.captions)  # [B, L, D]
+            parts = (batch.latents_w, batch.latents_l, batch.noise_w, batch.noise_l)
+            lat_w, lat_l, n_w, n_l = (x.to(self.policy.compute_dtype) for x in parts)
+            return PairBatch(lat_w, lat_l, embeds, batch.pref_prob.float(), n_w, n_l)
         if not self.objective.uses_loser:
             latents_w = self.policy.encode_images(batch.pixels_w, generator)  # [B, C, h, w]
             embeds = self.policy.encode_prompt(batch.captions)  # [B, L, D]
@@ -154,9 +160,12 @@ class OfflinePairModule(DenoisingModule):
         x0 = torch.cat([pairs.latents_w, pairs.latents_l])  # [2B, C, h, w]
         t = self.sample_timesteps(bsz if self.shared_timestep else 2 * bsz, generator)
         t = t.repeat(2) if self.shared_timestep else t  # [2B]
-        shape = (bsz if self.shared_noise else 2 * bsz, *x0.shape[1:])
-        noise = self.sample_noise(shape, generator, x0.dtype)
-        noise = noise.repeat(2, 1, 1, 1) if self.shared_noise else noise  # [2B, C, h, w]
+        if pairs.noise_w is not None and pairs.noise_l is not None:  # each image's own x_T
+            noise = torch.cat([pairs.noise_w, pairs.noise_l])  # [2B, C, h, w]
+        else:
+            shape = (bsz if self.shared_noise else 2 * bsz, *x0.shape[1:])
+            noise = self.sample_noise(shape, generator, x0.dtype)
+            noise = noise.repeat(2, 1, 1, 1) if self.shared_noise else noise  # [2B, C, h, w]
         embeds = pairs.prompt_embeds.repeat(2, 1, 1)  # [2B, L, D]
         x_t, target, t = self.noise(x0, t, noise, embeds, generator)  # [2B, C, h, w], [2B]
         pred = self.policy(x_t, t, embeds)  # [2B, C, h, w]

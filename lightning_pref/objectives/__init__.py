@@ -14,6 +14,7 @@ from lightning_pref.objectives.inpo import InPO
 from lightning_pref.objectives.kto import DiffusionKTO
 from lightning_pref.objectives.mapo import MaPO
 from lightning_pref.objectives.npo import DiffusionNPO
+from lightning_pref.objectives.pnapo import PNAPO
 from lightning_pref.objectives.reverse_kl import DiffusionEXO
 from lightning_pref.objectives.self_npo import SelfNPOLoss
 from lightning_pref.objectives.sft import SFT
@@ -22,6 +23,7 @@ from lightning_pref.objectives.spo import SPO
 from lightning_pref.objectives.tailorpo import TailorPO
 
 __all__ = [
+    "PNAPO",
     "DSPO",
     "DSPOSDXL",
     "SFT",
