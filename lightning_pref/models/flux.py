@@ -18,6 +18,7 @@ scripts draw from; sampling shifts by ``mu`` from the image's token count as the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,9 +26,9 @@ from torch import Tensor, nn
 
 from lightning_pref.models.components import FlowComponents
 from lightning_pref.models.conditioning import pack_sdxl_conditioning, unpack_sdxl_conditioning
-from lightning_pref.models.flow import SD3_LORA_TARGETS, FlowPolicy, TimestepSampling
+from lightning_pref.models.flow import FlowPolicy
 from lightning_pref.models.loading import load_flux_components
-from lightning_pref.models.policy import TORCH_DTYPES, FrozenDType
+from lightning_pref.models.policy import TORCH_DTYPES
 
 __all__ = ["FluxPolicy"]
 
@@ -62,49 +63,20 @@ class FluxPolicy(FlowPolicy):
     Args:
         pretrained: a diffusers FLUX.1 folder (``transformer/``, ``scheduler/``, ``vae/``,
             ``text_encoder{,_2}/``, ``tokenizer{,_2}/``) or hub id.
-        revision: hub revision.
-        variant: weight variant.
-        lora_rank: train LoRA adapters of this rank; None = the full transformer.
-        lora_alpha: LoRA alpha; None = ``lora_rank``.
-        lora_target_modules: modules that get adapters (the attention projections).
-        gradient_checkpointing: trade compute for memory in the transformer.
-        check_source: verify at construction that ``pretrained`` can be loaded.
-        frozen_dtype: dtype of the VAE and text encoders.
-        lora_init: start the adapters from a LoRA file (PEFT key names).
-        timestep_sampling: ``uniform``, ``logit_normal`` or ``mode``.
         guidance: the guidance embedding's value in training (FLUX.1-dev; ignored by schnell).
         sample_size: latent side the sampler starts from (128: 1024 px).
+        **kwargs: :class:`~lightning_pref.models.flow.FlowPolicy`'s other arguments (LoRA,
+            dtypes, timestep sampling, ...).
     """
 
     def __init__(
         self,
         pretrained: str = "black-forest-labs/FLUX.1-dev",
-        revision: str | None = None,
-        variant: str | None = None,
-        lora_rank: int | None = None,
-        lora_alpha: float | None = None,
-        lora_target_modules: Sequence[str] = SD3_LORA_TARGETS,
-        gradient_checkpointing: bool = False,
-        check_source: bool = True,
-        frozen_dtype: FrozenDType = "float32",
-        lora_init: str | None = None,
-        timestep_sampling: TimestepSampling = "logit_normal",
         guidance: float = 3.5,
         sample_size: int = 128,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            pretrained=pretrained,
-            revision=revision,
-            variant=variant,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_target_modules=lora_target_modules,
-            gradient_checkpointing=gradient_checkpointing,
-            check_source=check_source,
-            frozen_dtype=frozen_dtype,
-            lora_init=lora_init,
-            timestep_sampling=timestep_sampling,
-        )
+        super().__init__(pretrained=pretrained, **kwargs)
         self.guidance, self.sample_size = guidance, sample_size
 
     def _load_components(self) -> FlowComponents:  # type: ignore[override]

@@ -117,6 +117,8 @@ class TinyFlowPolicy(FlowPolicy):
         timestep_sampling: ``uniform``, ``logit_normal`` or ``mode``.
     """
 
+    tiny_name = "<tiny-sd3>"
+
     def __init__(
         self,
         sample_size: int = 8,
@@ -126,13 +128,14 @@ class TinyFlowPolicy(FlowPolicy):
         timestep_sampling: TimestepSampling = "logit_normal",
     ) -> None:
         super().__init__(
-            pretrained="<tiny-sd3>",
+            pretrained=self.tiny_name,
             lora_rank=lora_rank,
             lora_alpha=lora_alpha,
             check_source=False,
             timestep_sampling=timestep_sampling,
         )
         self.tiny_kwargs = {"sample_size": sample_size, "seed": seed}
+        self.sample_size = sample_size  # FLUX's sampler size (SD3 reads its transformer config)
 
     def _load_components(self) -> FlowComponents:
         return build_tiny_sd3_components(**self.tiny_kwargs)  # type: ignore[arg-type]
@@ -190,34 +193,10 @@ def save_tiny_flux_pipeline(folder: str | Path, sample_size: int = 8, seed: int 
     return Path(folder)
 
 
-class TinyFluxPolicy(FluxPolicy):
-    """A seeded tiny FLUX.1-dev-shaped model built in code (:func:`build_tiny_flux_components`).
+class TinyFluxPolicy(TinyFlowPolicy, FluxPolicy):
+    """A tiny FLUX.1-dev-shaped model (build_tiny_flux_components); TinyFlowPolicy's args."""
 
-    Args:
-        sample_size: latent size (images are twice that).
-        seed: initialisation seed.
-        lora_rank: LoRA rank, or None for full fine-tuning.
-        lora_alpha: LoRA alpha; None = rank.
-        timestep_sampling: ``uniform``, ``logit_normal`` or ``mode``.
-    """
-
-    def __init__(
-        self,
-        sample_size: int = 8,
-        seed: int = 0,
-        lora_rank: int | None = None,
-        lora_alpha: float | None = None,
-        timestep_sampling: TimestepSampling = "logit_normal",
-    ) -> None:
-        super().__init__(
-            pretrained="<tiny-flux>",
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            check_source=False,
-            timestep_sampling=timestep_sampling,
-            sample_size=sample_size,
-        )
-        self.tiny_kwargs = {"sample_size": sample_size, "seed": seed}
+    tiny_name = "<tiny-flux>"
 
     def _load_components(self) -> FlowComponents:
         return build_tiny_flux_components(**self.tiny_kwargs)  # type: ignore[arg-type]
