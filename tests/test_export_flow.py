@@ -69,3 +69,21 @@ def test_flow_export_reloads_in_diffusers_and_samples_as_ours(fit_tiny, tmp_path
         pipe = cls.from_pretrained(str(out), **no_t5)
     images = _pipe_images(pipe, guidance)
     torch.testing.assert_close(images, _ours(version, guidance), atol=1e-5, rtol=0)
+
+
+def test_a_flow_lora_export_starts_a_new_policys_adapters(fit_tiny, tmp_path):
+    """The exported SD3 LoRA file (``transformer.X.lora_A.weight``, scale folded in) given as
+    ``lora_init`` to a policy with another alpha reproduces the trained velocity."""
+    from lightning_pref.models import FlowPolicy
+
+    version = fit_tiny("tiny_dpo_sd3.yaml", tmp_path / "runs", *LORA)
+    main(["export", "--ckpt_path", str(version), "--out", str(tmp_path / "lora")])
+    run = find_run(version)
+    trained = load_module(run.config, run.ckpt).policy
+    base = save_tiny_sd3_pipeline(tmp_path / "base")
+    lora = str(tmp_path / "lora" / "pytorch_lora_weights.safetensors")
+    started = FlowPolicy(pretrained=str(base), lora_rank=4, lora_alpha=2, lora_init=lora)
+    started.build()
+    x, t = torch.randn(1, 16, 8, 8), torch.tensor([500])
+    embeds = trained.encode_prompt(["a red circle"])
+    torch.testing.assert_close(started(x, t, embeds), trained(x, t, embeds), rtol=1e-5, atol=1e-5)

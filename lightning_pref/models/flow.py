@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from lightning_pref.errors import ConfigError
 from lightning_pref.models.components import FlowComponents
 from lightning_pref.models.conditioning import pack_sdxl_conditioning, unpack_sdxl_conditioning
-from lightning_pref.models.loading import check_source, load_flow_components
+from lightning_pref.models.loading import load_flow_components
 from lightning_pref.models.policy import TORCH_DTYPES, DiffusionPolicy, FrozenDType
 
 __all__ = ["FlowPolicy", "SD3_LORA_TARGETS"]
@@ -111,9 +111,6 @@ class FlowPolicy(DiffusionPolicy):
         self.timestep_sampling = timestep_sampling
         self.logit_mean, self.logit_std, self.mode_scale = logit_mean, logit_std, mode_scale
         self.flow_pooled_dim = 0
-
-    def _check_source(self) -> None:
-        check_source(self.pretrained, self.revision, "pretrained", "model")
 
     def _load_components(self) -> FlowComponents:  # type: ignore[override]
         """Return the model parts; subclasses may build them in code instead."""

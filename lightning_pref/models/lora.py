@@ -9,7 +9,8 @@ projection's module path such as ``down_blocks.0.attentions.0.transformer_blocks
   ``unet.`` prefix: ``P.processor.to_k_lora.down.weight``, ...,
   ``P.processor.to_out_lora.up.weight`` where ``P`` is the attention module (``to_out_lora`` is
   ``to_out.0``);
-- PEFT's: ``[unet.]X.lora_A.weight`` and ``X.lora_B.weight``.
+- PEFT's: ``[unet.]X.lora_A.weight`` and ``X.lora_B.weight`` (``transformer.X...`` for the SD3
+  and FLUX transformers, as their pipelines save them).
 
 ``down``/``lora_A`` is ``[r, in]``, ``up``/``lora_B`` ``[out, r]``; none of the three stores an
 alpha, so a file means the update ``up @ down`` (scale 1), as ``pipe.load_lora_weights`` reads it.
@@ -53,7 +54,7 @@ def lora_state_dict(unet: nn.Module, peft_keys: bool = False) -> dict[str, Tenso
 
 def _peft_key(key: str) -> str | None:
     """A file key in PEFT's naming (``X.lora_A.weight``), or None if it is not a UNet LoRA key."""
-    key = key.removeprefix("unet.")
+    key = key.removeprefix("unet.").removeprefix("transformer.")  # SD3/FLUX files: transformer.
     match = _ATTN_PROCS.search(key)
     if match:
         proj = "to_out.0" if match[1] == "to_out" else match[1]
