@@ -140,20 +140,39 @@ def test_spo_on_flow_trains(fit_tiny, tmp_path, lora):
     assert keys and any(not torch.equal(ckpt["state_dict"][k], start[k]) for k in keys)
 
 
-def test_flux_step_pools_are_refused_in_one_line():
-    from lightning_pref.data import StepPoolSampler
-    from lightning_pref.errors import ConfigError
-    from lightning_pref.models import TinyFluxPolicy
-    from lightning_pref.scoring.base import Scorer
+def test_flux_step_pool_and_tailorpo_g_on_flow(monkeypatch):
+    """FLUX's pool predicts without CFG (its embedded guidance) and its stored pairs are draws of
+    the recomputed transitions; TailorPO-G's reward guidance on flow moves the winner and its x̂0
+    by the same shift (v held fixed) and raises the winner's score."""
+    from pathlib import Path
 
-    class Zero(Scorer):
-        def forward(self, images, captions, timesteps=None):
-            return images.new_zeros(images.shape[0])
+    from lightning_pref.data import StepPoolSampler
+    from lightning_pref.models import TinyFluxPolicy
+    from lightning_pref.models.sampling import transition
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "resume"))
+    from resume_helpers import Brightness
 
     policy = TinyFluxPolicy()
     policy.build()
-    with pytest.raises(ConfigError, match="FLUX"):
-        StepPoolSampler(Zero()).generate(policy, ["a"], torch.Generator())
+    sampler = StepPoolSampler(Brightness(), num_candidates=3, num_steps=5, eta=0.7)
+    pool = sampler.generate(
+        policy, ["a red circle", "a blue square"] * 4, torch.Generator().manual_seed(0)
+    )
+    b = pool.batch
+    with torch.no_grad():
+        out = policy(b.x_t, b.timesteps, policy.encode_prompt(b.captions))
+        step = transition(policy, out, b.x_t, b.timesteps, b.prev_timesteps, 0.7, prev_sample=b.x_w)
+    z = torch.cat([(x - step.mean) / step.std.view(-1, 1, 1, 1) for x in (b.x_w, b.x_l)])
+    assert abs(z.mean().item()) < 0.05 and abs(z.std().item() - 1) < 0.05
+    guided = StepPoolSampler(
+        Brightness(), num_candidates=3, num_steps=5, eta=0.7, reward_guidance=1.0
+    )
+    sd3 = TinyFlowPolicy()
+    sd3.build()
+    plain = sampler.generate(sd3, ["a red circle"] * 4, torch.Generator().manual_seed(1))
+    pushed = guided.generate(sd3, ["a red circle"] * 4, torch.Generator().manual_seed(1))
+    assert (pushed.score_w > plain.score_w).all()
 
 
 def test_flow_transition_levels_by_hand():

@@ -14,7 +14,8 @@ transitions start at t = 751, 701, …, 1: SPO's ``divert_start_step=4``, up to 
 
 TailorPO-G's reward guidance (METHODS §3, a reconstruction): after ranking, the winner is moved
 by ``reward_guidance · σ_t`` along the unit-RMS gradient of the reward at its x̂0 (ε̂ held fixed, so
-∂x̂0/∂x_{t−1} = 1/√ā), which widens the gap; the scorer must then be differentiable.
+∂x̂0/∂x_{t−1} = 1/√ā; for a flow policy v is held fixed, ∂x̂0/∂x_{t−1} = 1), which widens the
+gap; the scorer must then be differentiable.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_pref.errors import ConfigError
 from lightning_pref.models.policy import DiffusionPolicy
 from lightning_pref.models.sampling import DDIMStep, cfg_predict, ddim_timesteps, transition
 from lightning_pref.scoring.base import Scorer
@@ -148,7 +148,12 @@ class StepPoolSampler(nn.Module):
     def predict(
         self, denoiser: nn.Module, x: Tensor, t: Tensor, cond: Tensor, uncond: Tensor
     ) -> Tensor:
-        """CFG-combined prediction at ``x`` (both branches in one forward)."""
+        """CFG-combined prediction at ``x`` (both branches in one forward).
+
+        A policy without CFG (FLUX: its guidance is embedded) predicts from ``cond`` alone.
+        """
+        if not getattr(denoiser, "uses_cfg", True):
+            return denoiser(x, t, cond)
         return cfg_predict(denoiser, x, t, cond, uncond, self.guidance_scale)
 
     def _score(self, policy: DiffusionPolicy, x0: Tensor, captions: list[str], t: int) -> Tensor:
@@ -165,6 +170,8 @@ class StepPoolSampler(nn.Module):
             (grad,) = torch.autograd.grad(self._score(policy, x0, captions, t).sum(), x0)
         rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp(min=1e-12).view(-1, 1, 1, 1)
         shift = self.reward_guidance * std.view(-1, 1, 1, 1) * grad / rms  # [P, C, h, w]
+        if policy.is_flow:  # x̂0 = x − σ·v with v held fixed: ∂x̂0/∂x = 1
+            return shift, shift
         a = policy.alphas_cumprod[max(t, 0)]
         return shift, shift / a.sqrt()
 
@@ -173,11 +180,6 @@ class StepPoolSampler(nn.Module):
         self, policy: DiffusionPolicy, captions: list[str], generator: torch.Generator
     ) -> StepPool:
         """Run one round for ``captions`` (P prompts) with the current policy weights."""
-        if policy.is_flow and (self.reward_guidance > 0 or not policy.uses_cfg):
-            raise ConfigError(
-                "step pools on a flow policy run SD3/SD3.5 without reward guidance for now: "
-                "FLUX's embedded guidance and TailorPO-G's x0 shift are not done"
-            )
         start = time.perf_counter()
         was_training = policy.training
         policy.eval()

@@ -244,11 +244,6 @@ class FlowPolicy(DiffusionPolicy):
             hidden_states=x_t, encoder_hidden_states=hidden, pooled_projections=pooled, timestep=t
         ).sample
 
-    @property
-    def uses_cfg(self) -> bool:
-        """Classifier-free guidance in sampling (SD3: yes; FLUX embeds its guidance instead)."""
-        return True
-
     def sampling_sigmas(self, num_steps: int, latent_size: tuple[int, int] | None = None) -> Tensor:
         """The sampler's noise levels ``[num_steps + 1]`` from 1 to 0, as the SD3 pipeline's.
 

@@ -247,6 +247,11 @@ class DiffusionPolicy(nn.Module):
         return int(config.in_channels), int(config.sample_size), int(config.sample_size)
 
     @property
+    def uses_cfg(self) -> bool:
+        """Whether sampling combines conditional and unconditional predictions (CFG)."""
+        return True
+
+    @property
     def is_flow(self) -> bool:
         """Whether this is a rectified-flow model (:class:`~lightning_pref.models.FlowPolicy`)."""
         return False

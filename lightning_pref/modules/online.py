@@ -75,7 +75,7 @@ class StepPoolModule(PreferenceModule):
     def _predict(self, batch: StepPoolBatch, reference: bool) -> Tensor:
         cond = self.policy.encode_prompt(batch.captions)  # [B, L, D]
         denoise = self.reference_predict if reference else self.policy
-        if not self.train_cfg:
+        if not self.train_cfg or not self.policy.uses_cfg:  # FLUX: guidance is embedded
             return denoise(batch.x_t, batch.timesteps, cond)
         uncond = self.policy.encode_prompt([""] * len(batch.captions))
         return self.pool.predict(denoise, batch.x_t, batch.timesteps, cond, uncond)
