@@ -134,12 +134,17 @@ def load_components(
     except ModelLoadError:
         raise
     except Exception as err:  # hub/network/format errors come in many types
-        if local:
-            raise ModelLoadError(f"failed to load '{pretrained}': {first_line(err)}") from err
-        raise ModelLoadError(_hub_hint(pretrained)) from err
+        raise _load_error(pretrained, local, err) from err
     if vae_path is not None:
         parts.vae = load_vae(vae_path, frozen_dtype)
     return parts
+
+
+def _load_error(pretrained: str, local: bool, err: Exception) -> ModelLoadError:
+    """One line for a failed load: the folder's first error line, or the hub fix."""
+    if local:
+        return ModelLoadError(f"failed to load '{pretrained}': {first_line(err)}")
+    return ModelLoadError(_hub_hint(pretrained))
 
 
 def _check_layout(pretrained: str, root: Path) -> None:
@@ -342,9 +347,7 @@ def load_flow_components(
             source, subfolder="scheduler", **kwargs
         )
     except Exception as err:  # hub/network/format errors come in many types
-        if local:
-            raise ModelLoadError(f"failed to load '{pretrained}': {first_line(err)}") from err
-        raise ModelLoadError(_hub_hint(pretrained)) from err
+        raise _load_error(pretrained, local, err) from err
     vae = as_dtype(vae, vae_dtype(vae, frozen_dtype))
     return FlowComponents(transformer, scheduler, vae, encoders, tokenizers)
 
@@ -392,8 +395,6 @@ def load_flux_components(
             source, subfolder="scheduler", **kwargs
         )
     except Exception as err:  # hub/network/format errors come in many types
-        if local:
-            raise ModelLoadError(f"failed to load '{pretrained}': {first_line(err)}") from err
-        raise ModelLoadError(_hub_hint(pretrained)) from err
+        raise _load_error(pretrained, local, err) from err
     vae = as_dtype(vae, vae_dtype(vae, frozen_dtype))
     return FlowComponents(transformer, scheduler, vae, encoders, [*tokenizers, None])

@@ -179,3 +179,27 @@ def _build(cls: type, config: dict) -> torch.nn.Module:
     if cls in (CLIPTextModel, CLIPTextModelWithProjection):
         return cls(CLIPTextConfig(**config))
     return cls.from_config(config)
+
+
+def one_dpo_step(policy: torch.nn.Module, size: int = 64) -> torch.nn.Module:
+    """One flow/diffusion DPO step (β 100, LoRA policies: reference = adapters off) on two random
+    image pairs of ``size`` px; returns the module with the gradients in place."""
+    from functools import partial
+
+    from lightning_pref.modules import OfflinePairModule
+    from lightning_pref.objectives import DiffusionDPO
+    from lightning_pref.types import ImagePairBatch
+
+    optimizer = partial(torch.optim.AdamW, lr=1e-3)
+    module = OfflinePairModule(policy, DiffusionDPO(beta=100.0), optimizer=optimizer)
+    torch.manual_seed(0)  # LoRA's gaussian initialisation
+    module.configure_model()
+    g = torch.Generator().manual_seed(0)
+    batch = ImagePairBatch(
+        pixels_w=torch.rand(2, 3, size, size, generator=g) * 2 - 1,
+        pixels_l=torch.rand(2, 3, size, size, generator=g) * 2 - 1,
+        captions=["a red circle", "a photo of a cat"],
+        pref_prob=torch.ones(2),
+    )
+    module.shared_step(batch, "train", 0).loss.backward()
+    return module

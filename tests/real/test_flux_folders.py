@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import json
 import shutil
-from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import FluxTransformer2DModel
-from sd_folders import FLUX_DEV, FLUX_SCHNELL, T5_WIDTH, TEXT_WIDTH, random_weights_folder
+from sd_folders import (
+    FLUX_DEV,
+    FLUX_SCHNELL,
+    T5_WIDTH,
+    TEXT_WIDTH,
+    one_dpo_step,
+    random_weights_folder,
+)
 
 from lightning_pref.models import FluxPolicy
-from lightning_pref.modules import OfflinePairModule
-from lightning_pref.objectives import DiffusionDPO
-from lightning_pref.types import ImagePairBatch
 
 
 def _source(realfiles: Path, name: str, tmp: Path) -> Path:
@@ -67,21 +70,7 @@ def test_real_flux_folder_settings(folders, name):
 
 
 def test_one_lora_dpo_step_on_the_real_flux_layout(folders):
-    module = OfflinePairModule(
-        FluxPolicy(pretrained=str(folders[FLUX_DEV]), lora_rank=4, sample_size=8),
-        DiffusionDPO(beta=100.0),
-        optimizer=partial(torch.optim.AdamW, lr=1e-3),
-    )
-    torch.manual_seed(0)
-    module.configure_model()
-    g = torch.Generator().manual_seed(0)
-    batch = ImagePairBatch(
-        pixels_w=torch.rand(2, 3, 64, 64, generator=g) * 2 - 1,
-        pixels_l=torch.rand(2, 3, 64, 64, generator=g) * 2 - 1,
-        captions=["a red circle", "a photo of a cat"],
-        pref_prob=torch.ones(2),
-    )
-    module.shared_step(batch, "train", 0).loss.backward()
+    module = one_dpo_step(FluxPolicy(pretrained=str(folders[FLUX_DEV]), lora_rank=4, sample_size=8))
     adapters = [p for p in module.policy.unet.parameters() if p.requires_grad]
     assert adapters and all(p.grad is not None for p in adapters)
 

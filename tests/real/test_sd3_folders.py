@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import SD3Transformer2DModel
-from sd_folders import SD3, SD35L, T5_WIDTH, random_weights_folder
+from sd_folders import SD3, SD35L, T5_WIDTH, one_dpo_step, random_weights_folder
 
 from lightning_pref.models import FlowPolicy
-from lightning_pref.modules import OfflinePairModule
-from lightning_pref.objectives import DiffusionDPO
-from lightning_pref.types import ImagePairBatch
 
 RECONSTRUCTED = "sd35m_transformer_config_RECONSTRUCTED.json"
 
@@ -80,21 +76,7 @@ def test_real_sd3_folder_settings(folders, name):
 def test_one_lora_dpo_step_on_the_real_sd3_layout(folders):
     """One flow-DPO step (LoRA on flow_grpo's eight attention projections) runs and reaches
     every adapter of the real SD3 layout."""
-    module = OfflinePairModule(
-        FlowPolicy(pretrained=str(folders[SD3]), lora_rank=4, lora_alpha=8),
-        DiffusionDPO(beta=100.0),
-        optimizer=partial(torch.optim.AdamW, lr=1e-3),
-    )
-    torch.manual_seed(0)
-    module.configure_model()
-    g = torch.Generator().manual_seed(0)
-    batch = ImagePairBatch(
-        pixels_w=torch.rand(2, 3, 64, 64, generator=g) * 2 - 1,
-        pixels_l=torch.rand(2, 3, 64, 64, generator=g) * 2 - 1,
-        captions=["a red circle", "a photo of a cat"],
-        pref_prob=torch.ones(2),
-    )
-    module.shared_step(batch, "train", 0).loss.backward()
+    module = one_dpo_step(FlowPolicy(pretrained=str(folders[SD3]), lora_rank=4, lora_alpha=8))
     names = [n for n, p in module.policy.unet.named_parameters() if p.requires_grad]
     # the one stand-in layer is SD3's last, context_pre_only: no to_add_out, 7 targets x (A, B)
     assert len(names) == 7 * 2
