@@ -141,7 +141,7 @@ def _minipick_val_pairs(config_path: Path, policy: DiffusionPolicy) -> str | Non
         return None
     if isinstance(load_datamodule(config_path), PickAPicDataModule):
         return None  # the run's own validation pairs
-    return str(policy.assets.pairs_dir(build=True) / "validation")
+    return str(policy.pairs_dir(build=True) / "validation")
 
 
 @dataclass

@@ -9,7 +9,12 @@ from lightning_pref.minipick.assets import MiniPickAssets
 from lightning_pref.minipick.cached import MiniPickSPM, SPMDataModule, SPMModule
 from lightning_pref.minipick.capo_data import MiniPickCaPODataModule
 from lightning_pref.minipick.capo_pairs import CaPOSettings, build_capo_folder
-from lightning_pref.minipick.data import MiniPickDataModule, MiniPickPromptDataModule
+from lightning_pref.minipick.data import (
+    MiniPickDataModule,
+    MiniPickNoisePairDataModule,
+    MiniPickPromptDataModule,
+)
+from lightning_pref.minipick.flow import MiniPickFlowPolicy
 from lightning_pref.minipick.policy import MiniPickPolicy
 from lightning_pref.minipick.proxy import (
     MiniPickScore,
@@ -62,6 +67,8 @@ from lightning_pref.minipick.world import (
 )
 
 __all__ = [
+    "MiniPickFlowPolicy",
+    "MiniPickNoisePairDataModule",
     "AssetSettings",
     "CaPOSettings",
     "MiniPickAesthetic",

@@ -20,6 +20,7 @@ from lightning_pref.errors import ConfigError
 from lightning_pref.minipick.base_weights import install_committed_base
 from lightning_pref.minipick.build import build_pairs, pretrain_base
 from lightning_pref.minipick.capo_pairs import CAPO_DATA_VERSION, CaPOSettings, build_capo_pairs
+from lightning_pref.minipick.noise_pairs import build_flow_noise_pairs
 from lightning_pref.minipick.proxy import MiniPickScore
 from lightning_pref.minipick.proxy_train import train_proxy
 from lightning_pref.minipick.spm_train import train_spm
@@ -121,6 +122,58 @@ class MiniPickAssets:
             folder,
             lambda tmp: train_spm(base, pairs, proxy, tmp, self.settings),
             "step-aware preference model",
+        )
+
+    def flow_base_dir(self, build: bool = True) -> Path:
+        """MiniPick-Flow's base (:mod:`~lightning_pref.minipick.flow`), pretrained on first use.
+
+        The DDPM base's settings and pretraining with the rectified-flow parameterisation; no
+        weights are committed for it (``base_source`` does not apply), so the first use
+        pretrains it (about 11 min on 2 cores with the default settings).
+        """
+        fields = tuple(f for f in BASE_FIELDS if f != "base_source")
+        folder = self.root / f"flowbase-{self.settings.key(*fields)}"
+        if not build:
+            return folder
+        return ensure_asset(
+            folder, lambda tmp: pretrain_base(tmp, self.settings, flow=True), "MiniPick-Flow base"
+        )
+
+    def flow_pairs_dir(self, build: bool = True) -> Path:
+        """MiniPick-Flow's pairs: as :meth:`pairs_dir`, sampled from the flow base (Euler ODE)."""
+        fields = tuple(f for f in PAIR_FIELDS if f != "base_source")
+        folder = self.root / f"flowpairs-{self.settings.key(*fields)}"
+        if not build:
+            return folder
+        base = self.flow_base_dir(build=True)
+        return ensure_asset(
+            folder,
+            lambda tmp: build_pairs(base, tmp, self.settings, flow=True),
+            "MiniPick-Flow pairs",
+        )
+
+    def flow_scored_pairs_dir(self, build: bool = True) -> Path:
+        """MiniPick-Flow's pairs scored by the proxy (trained on the DDPM pairs), for SmPO."""
+        fields = tuple(f for f in PAIR_FIELDS if f != "base_source")
+        folder = self.root / f"flowscored-{self.settings.key(*fields)}"
+        if not build:
+            return folder
+        pairs, proxy = self.flow_pairs_dir(build=True), self.proxy_dir(build=True)
+        return ensure_asset(
+            folder, lambda tmp: _score_pairs(pairs, proxy, tmp), "MiniPick-Flow scored pairs"
+        )
+
+    def flow_noise_pairs_dir(self, build: bool = True) -> Path:
+        """MiniPick-Flow's noise-tracked pairs for PNAPO (see ``minipick.noise_pairs``)."""
+        fields = tuple(f for f in PAIR_FIELDS if f != "base_source")
+        folder = self.root / f"flownoise-{self.settings.key(*fields)}"
+        if not build:
+            return folder
+        base, proxy = self.flow_base_dir(build=True), self.proxy_dir(build=True)
+        return ensure_asset(
+            folder,
+            lambda tmp: build_flow_noise_pairs(base, proxy, tmp, self.settings),
+            "MiniPick-Flow noise-tracked pairs",
         )
 
     def capo_dir(self, settings: CaPOSettings, build: bool = True) -> Path:

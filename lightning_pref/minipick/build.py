@@ -57,18 +57,24 @@ class ScratchMiniPickPolicy(DiffusionPolicy):
         )
 
 
-def pretrain_base(out_dir: Path, settings: AssetSettings) -> dict:
-    """Pretrain the base model with our Trainer + SFT on rendered scenes; save it in SD layout."""
+def pretrain_base(out_dir: Path, settings: AssetSettings, flow: bool = False) -> dict:
+    """Pretrain the base model with our Trainer + SFT on rendered scenes; save it in SD layout.
+
+    ``flow``: MiniPick-Flow's base (:mod:`lightning_pref.minipick.flow`), the same networks and
+    settings with the rectified-flow parameterisation.
+    """
     from lightning import Trainer, seed_everything
 
     from lightning_pref.callbacks.progress import StepProgressBar
+    from lightning_pref.minipick.flow_model import ScratchMiniPickFlowPolicy
     from lightning_pref.minipick.scenes import SceneDataModule
     from lightning_pref.modules.offline import OfflinePairModule
     from lightning_pref.objectives.sft import SFT
     from lightning_pref.training.optim import WarmupCosine
 
     seed_everything(settings.base_seed, verbose=False)
-    policy = ScratchMiniPickPolicy(settings.image_size, settings.base_seed, settings.unet_channels)
+    scratch = ScratchMiniPickFlowPolicy if flow else ScratchMiniPickPolicy
+    policy = scratch(settings.image_size, settings.base_seed, settings.unet_channels)
     module = OfflinePairModule(
         policy,
         SFT(),
@@ -212,14 +218,21 @@ def winner_shares(
     return out
 
 
-def build_pairs(base_dir: Path, out_dir: Path, settings: AssetSettings) -> dict:
+def build_pairs(base_dir: Path, out_dir: Path, settings: AssetSettings, flow: bool = False) -> dict:
     """Sample two images per prompt from the base model, rate them and write Pick-a-Pic shards.
+
+    ``flow``: the base is MiniPick-Flow's (sampled with the Euler ODE, same steps and CFG).
 
     The tie margin is set on the training pairs so that ``tie_rate`` of them are ties (Pick-a-Pic
     v2 has about 12%), and the same margin is used for every split.
     """
     start = time.perf_counter()
-    policy = DiffusionPolicy(pretrained=str(base_dir))
+    if flow:
+        from lightning_pref.minipick.flow_model import MiniPickFlowFolderPolicy
+
+        policy: DiffusionPolicy = MiniPickFlowFolderPolicy(str(base_dir))
+    else:
+        policy = DiffusionPolicy(pretrained=str(base_dir))
     policy.build()
     policy.eval()
     rater = GoldRater()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lightning_pref.data.noise_pairs import NoisePairDataModule
 from lightning_pref.data.pickapic import PickAPicDataModule
 from lightning_pref.data.prompts import PromptDataModule
 from lightning_pref.data.scored import ScoreLabels
+from lightning_pref.errors import ConfigError
 from lightning_pref.minipick.assets import MiniPickAssets
 from lightning_pref.minipick.world import prompts
 
-__all__ = ["MiniPickDataModule", "MiniPickPromptDataModule"]
+__all__ = ["MiniPickDataModule", "MiniPickNoisePairDataModule", "MiniPickPromptDataModule"]
 
 
 class MiniPickDataModule(PickAPicDataModule):
@@ -29,6 +31,8 @@ class MiniPickDataModule(PickAPicDataModule):
         seed: data-order and augmentation seed.
         val_split: which validation shard to validate on (``validation`` or
             ``validation_unique``).
+        backbone: ``ddpm`` (MiniPick's base) or ``flow`` (MiniPick-Flow's pairs, sampled from
+            its flow base; see :mod:`lightning_pref.minipick.flow`).
         max_val_pairs: cap on validation pairs.
         drop_ties: drop the rater's tied pairs (Diffusion-DPO); False keeps them with
             ``pref_prob`` 0.5 (Diffusion-NPO's official runs keep ties).
@@ -50,8 +54,12 @@ class MiniPickDataModule(PickAPicDataModule):
         max_val_pairs: int | None = None,
         score_labels: ScoreLabels | None = None,
         drop_ties: bool = True,
+        backbone: str = "ddpm",
     ) -> None:
+        if backbone not in ("ddpm", "flow"):
+            raise ConfigError(f"MiniPickDataModule(backbone='{backbone}'): use 'ddpm' or 'flow'")
         self.assets = MiniPickAssets(data_dir)
+        self.backbone = backbone
         self.scored = score_labels is not None
         pairs = self._pairs(build=False)
         super().__init__(
@@ -70,6 +78,10 @@ class MiniPickDataModule(PickAPicDataModule):
 
     def _pairs(self, build: bool) -> Path:
         """The pairs folder in use: the proxy-scored copy with ``score_labels``, else the pairs."""
+        if self.backbone == "flow":
+            if self.scored:
+                return self.assets.flow_scored_pairs_dir(build)
+            return self.assets.flow_pairs_dir(build)
         return self.assets.scored_pairs_dir(build) if self.scored else self.assets.pairs_dir(build)
 
     def prepare_data(self) -> None:
@@ -118,3 +130,34 @@ class MiniPickPromptDataModule(PromptDataModule):
     def load_val(self) -> list[str] | None:
         """The MiniPick prompts of ``val_split``, or None."""
         return None if self.val_split is None else prompts(self.val_split)
+
+
+class MiniPickNoisePairDataModule(NoisePairDataModule):
+    """MiniPick-Flow's noise-tracked pairs (PNAPO), built into the asset cache on first use.
+
+    Args:
+        data_dir: the MiniPick asset cache; None = the default (see ``MiniPickAssets``).
+        batch_size: pairs per batch.
+        num_workers: DataLoader workers.
+        seed: shuffle seed; None: the run's ``--seed_everything``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int | None = None,
+    ) -> None:
+        self.assets = MiniPickAssets(data_dir)
+        train = self.assets.flow_noise_pairs_dir(build=False) / "train"
+        super().__init__(str(train), None, batch_size, None, num_workers, 0.0, seed)
+
+    def prepare_data(self) -> None:
+        """Build the flow base, the proxy and the pairs if the cache lacks them."""
+        self.assets.flow_noise_pairs_dir(build=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Make sure the pairs exist (also in processes that skipped ``prepare_data``)."""
+        self.assets.flow_noise_pairs_dir(build=True)
+        super().setup(stage)

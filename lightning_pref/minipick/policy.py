@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from lightning_pref.minipick.assets import MiniPickAssets
 from lightning_pref.models.components import DiffusionComponents
 from lightning_pref.models.loading import load_components
@@ -32,3 +34,7 @@ class MiniPickPolicy(DiffusionPolicy):
 
     def _load_components(self) -> DiffusionComponents:
         return load_components(str(self.assets.base_dir(build=True)))
+
+    def pairs_dir(self, build: bool = True) -> Path:
+        """The pairs sampled from this base model (MiniPick-Flow's policy has its own)."""
+        return self.assets.pairs_dir(build)

@@ -22,7 +22,6 @@ one line.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -35,6 +34,7 @@ from lightning_pref.models.components import FlowComponents
 from lightning_pref.models.conditioning import pack_sdxl_conditioning, unpack_sdxl_conditioning
 from lightning_pref.models.loading import load_flow_components
 from lightning_pref.models.policy import TORCH_DTYPES, DiffusionPolicy, FrozenDType
+from lightning_pref.models.rectified import RectifiedFlow
 
 __all__ = ["FlowPolicy", "SD3_LORA_TARGETS"]
 
@@ -53,8 +53,11 @@ TimestepSampling = Literal["uniform", "logit_normal", "mode"]
 T5_TOKENS = 256  # the SD3 pipeline's max_sequence_length
 
 
-class FlowPolicy(DiffusionPolicy):
+class FlowPolicy(RectifiedFlow, DiffusionPolicy):
     """An SD3 / SD3.5 rectified-flow transformer with its scheduler, text encoders and VAE.
+
+    Noising, targets, levels and sampler sigmas come from
+    :class:`~lightning_pref.models.rectified.RectifiedFlow`.
 
     The transformer sits where the UNet policies keep their UNet (``self.unet``: the trainable
     denoiser the modules, LoRA, references and checkpoints work on).
@@ -136,67 +139,12 @@ class FlowPolicy(DiffusionPolicy):
             self._add_lora()
         if self.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
-        sigmas = torch.as_tensor(self.noise_scheduler.sigmas).float().flip(0)  # ascending [1000]
-        self.register_buffer("sigmas", sigmas.clone(), persistent=False)
+        self._register_sigmas()
         self._built = True
 
     def load_base_unet(self) -> nn.Module:
         """A second, independent copy of the transformer as loaded (before LoRA)."""
         return self._load_components().transformer
-
-    # ------------------------------------------------------------------ properties
-    @property
-    def is_flow(self) -> bool:
-        """A rectified-flow model."""
-        return True
-
-    @property
-    def prediction_type(self) -> str:
-        """``flow``: the velocity ``ε − x0``."""
-        return "flow"
-
-    @property
-    def num_train_timesteps(self) -> int:
-        """Levels of the sigma table (1000)."""
-        return int(self.noise_scheduler.config.num_train_timesteps)
-
-    @property
-    def alphas_cumprod(self) -> Tensor:
-        """Refused: a flow model has no DDPM schedule."""
-        raise ConfigError(
-            "this objective or noising needs a DDPM noise schedule (alphas_cumprod), which a "
-            "rectified-flow FlowPolicy does not have; use it with a UNet DiffusionPolicy"
-        )
-
-    # ------------------------------------------------------------------ timesteps and noising
-    def sample_timesteps(
-        self, n: int, generator: torch.Generator, low: int, high: int, device: torch.device
-    ) -> Tensor:
-        """Training levels ``[n]`` (module docstring); ``uniform`` draws in ``[low, high)``."""
-        if self.timestep_sampling == "uniform":
-            return torch.randint(low, high, (n,), generator=generator, device=device)
-        if (low, high) != (0, self.num_train_timesteps):
-            raise ConfigError("timestep_range needs FlowPolicy(timestep_sampling='uniform')")
-        if self.timestep_sampling == "mode":
-            u = torch.rand(n, generator=generator, device=device)
-            u = 1 - u - self.mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
-        else:
-            normal = torch.randn(n, generator=generator, device=device)
-            u = torch.sigmoid(self.logit_mean + self.logit_std * normal)
-        index = (u * self.num_train_timesteps).long()  # the scheduler's (descending) index
-        return self.num_train_timesteps - 1 - index
-
-    def _sigma(self, timesteps: Tensor, like: Tensor) -> Tensor:
-        return self.sigmas[timesteps].view(-1, *[1] * (like.dim() - 1)).to(like.dtype)
-
-    def add_noise(self, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """``x_t = (1 − σ_t) x0 + σ_t ε``."""
-        sigma = self._sigma(timesteps, x0)
-        return (1 - sigma) * x0 + sigma * noise
-
-    def training_target(self, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """The velocity ``ε − x0``."""
-        return noise - x0
 
     # ------------------------------------------------------------------ encoding
     def _clip(self, encoder: nn.Module, tokenizer, captions: list[str]) -> tuple[Tensor, Tensor]:
@@ -228,12 +176,6 @@ class FlowPolicy(DiffusionPolicy):
         pooled = torch.cat([pooled_l, pooled_g], dim=-1)  # [B, 2048]
         return pack_sdxl_conditioning(hidden, pooled).to(self.compute_dtype)
 
-    def unet_forward(
-        self, unet: nn.Module, x_t: Tensor, timesteps: Tensor, prompt_embeds: Tensor
-    ) -> Tensor:
-        """The velocity ``[N, C, h, w]`` of ``unet`` (the policy's or a reference) at levels t."""
-        return self.velocity(unet, x_t, self.sigmas[timesteps], prompt_embeds)
-
     def velocity(
         self, unet: nn.Module, x_t: Tensor, sigma: Tensor, prompt_embeds: Tensor
     ) -> Tensor:
@@ -243,13 +185,3 @@ class FlowPolicy(DiffusionPolicy):
         return unet(
             hidden_states=x_t, encoder_hidden_states=hidden, pooled_projections=pooled, timestep=t
         ).sample
-
-    def sampling_sigmas(self, num_steps: int, latent_size: tuple[int, int] | None = None) -> Tensor:
-        """The sampler's noise levels ``[num_steps + 1]`` from 1 to 0, as the SD3 pipeline's.
-
-        ``FlowMatchEulerDiscreteScheduler.set_timesteps``: evenly spaced, shifted, then 0.
-        ``latent_size`` (h, w) matters only to resolution-dependent shifts (FLUX).
-        """
-        scheduler = type(self.noise_scheduler).from_config(self.noise_scheduler.config)
-        scheduler.set_timesteps(num_steps)
-        return torch.as_tensor(scheduler.sigmas).float().to(self.sigmas.device)
