@@ -74,6 +74,21 @@ def minipick_assets() -> None:
     subprocess.run([sys.executable, "-c", BUILD], env=env, check=True, timeout=1500)
 
 
+# MiniPick-Flow's base and pairs (docs/flow.md): pretrained and sampled on first use, about 5
+# minutes on 2 cores; for the README/docs commands that run MiniPick-Flow configs.
+BUILD_FLOW = (
+    "from lightning_pref.minipick import MiniPickAssets; a = MiniPickAssets(); "
+    "a.flow_base_dir(build=True); a.flow_pairs_dir(build=True)"
+)
+
+
+@pytest.fixture(scope="session")
+def minipick_flow_assets() -> None:
+    """Ensure MiniPick-Flow's base model and pairs are built."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    subprocess.run([sys.executable, "-c", BUILD_FLOW], env=env, check=True, timeout=1500)
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

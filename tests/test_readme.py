@@ -128,7 +128,7 @@ def test_objectives_table_names_every_config_under_its_class():
 def test_leaderboard_table_has_every_minipick_method():
     """The README keeps the v2 leaderboard with a row for each method's MiniPick config, with the
     gold, fidelity, taste and diversity columns."""
-    table = _section(README, "### Every method", "## Objectives")
+    table = _section(README, "### Every method", "### MiniPick-Flow")
     header = next(line for line in table.splitlines() if line.startswith("| method"))
     for column in ("gold win rate", "fidelity", "taste", "diversity"):
         assert column in header, column
@@ -139,3 +139,15 @@ def test_leaderboard_table_has_every_minipick_method():
     missing = [c for c in methods if f"(`{c}`)" not in table]
     assert not missing, missing
     assert len([line for line in table.splitlines() if line.startswith("| ") and "`" in line]) == 14
+
+
+def test_minipick_flow_table_has_every_flow_config():
+    """The MiniPick-Flow rows (issue 23): one per ``*_flow_minipick.yaml``, measured columns."""
+    table = _section(README, "### MiniPick-Flow", "## Objectives")
+    header = next(line for line in table.splitlines() if line.startswith("| method"))
+    for column in ("gold win rate", "fidelity", "taste", "diversity", "fit time"):
+        assert column in header, column
+    configs = [c for c in _objective_configs() if c.endswith("_flow_minipick.yaml")]
+    assert len(configs) >= 4
+    missing = [c for c in configs if f"(`{c}`)" not in table]
+    assert not missing, missing

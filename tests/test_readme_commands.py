@@ -87,6 +87,22 @@ PLAN: dict[str, dict] = {
         "evaluate --run runs/dpo_minipick/version_0/checkpoints/last.ckpt --baseline base "
         "--prompts my_prompts.txt --num_samples 512 --seed 0"
     ): {"mode": "run", "extra": SHORT_EVAL, "minipick": 1},
+    lp("fit --config experiments/dpo_flow_minipick.yaml"): {
+        "mode": "run",
+        "extra": SHORT_FIT,
+        "minipick": "flow",
+    },
+    lp("evaluate --run runs/dpo_flow_minipick"): {
+        "mode": "run",
+        "extra": SHORT_EVAL,
+        "minipick": "flow",
+    },
+    lp(
+        "leaderboard --configs experiments/dpo_flow_minipick.yaml "
+        "experiments/kto_flow_minipick.yaml experiments/pnapo_flow_minipick.yaml "
+        "experiments/smpo_flow_minipick.yaml experiments/spo_flow_minipick.yaml --seeds 0 "
+        "--out lb_flow/s0"
+    ): {"mode": "test", "test": "tests/test_leaderboard.py::test_tiny_leaderboard_end_to_end"},
     TINY_FIT: {"mode": "run"},
     lp("fit --config tests/configs/tiny_dpo_sd3.yaml --trainer.max_steps 4"): {"mode": "run"},
     lp("bench --arch sd35m --out bench_sd35m"): {
@@ -299,6 +315,8 @@ def test_readme_command(command, sandbox, monkeypatch, capsys, request):
     plan = PLAN[command]
     if plan.get("minipick"):
         request.getfixturevalue("minipick_assets")
+    if plan.get("minipick") == "flow":
+        request.getfixturevalue("minipick_flow_assets")
     needs = plan.get("needs")
     if needs and subprocess.run(["which", needs], capture_output=True).returncode != 0:
         pytest.skip(f"{needs} is not installed (the SLURM tests install it as root)")

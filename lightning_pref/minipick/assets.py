@@ -26,6 +26,8 @@ from lightning_pref.minipick.proxy_train import train_proxy
 from lightning_pref.minipick.spm_train import train_spm
 from lightning_pref.minipick.store import (
     BASE_FIELDS,
+    FLOW_BASE_FIELDS,
+    FLOW_PAIR_FIELDS,
     PAIR_FIELDS,
     AssetSettings,
     default_data_dir,
@@ -127,12 +129,11 @@ class MiniPickAssets:
     def flow_base_dir(self, build: bool = True) -> Path:
         """MiniPick-Flow's base (:mod:`~lightning_pref.minipick.flow`), pretrained on first use.
 
-        The DDPM base's settings and pretraining with the rectified-flow parameterisation; no
-        weights are committed for it (``base_source`` does not apply), so the first use
-        pretrains it (about 11 min on 2 cores with the default settings).
+        The DDPM base's settings and pretraining with the rectified-flow parameterisation, for
+        ``flow_base_steps`` steps; no weights are committed for it (``base_source`` does not
+        apply), so the first use pretrains it.
         """
-        fields = tuple(f for f in BASE_FIELDS if f != "base_source")
-        folder = self.root / f"flowbase-{self.settings.key(*fields)}"
+        folder = self.root / f"flowbase-{self.settings.key(*FLOW_BASE_FIELDS)}"
         if not build:
             return folder
         return ensure_asset(
@@ -141,8 +142,7 @@ class MiniPickAssets:
 
     def flow_pairs_dir(self, build: bool = True) -> Path:
         """MiniPick-Flow's pairs: as :meth:`pairs_dir`, sampled from the flow base (Euler ODE)."""
-        fields = tuple(f for f in PAIR_FIELDS if f != "base_source")
-        folder = self.root / f"flowpairs-{self.settings.key(*fields)}"
+        folder = self.root / f"flowpairs-{self.settings.key(*FLOW_PAIR_FIELDS)}"
         if not build:
             return folder
         base = self.flow_base_dir(build=True)
@@ -154,8 +154,7 @@ class MiniPickAssets:
 
     def flow_scored_pairs_dir(self, build: bool = True) -> Path:
         """MiniPick-Flow's pairs scored by the proxy (trained on the DDPM pairs), for SmPO."""
-        fields = tuple(f for f in PAIR_FIELDS if f != "base_source")
-        folder = self.root / f"flowscored-{self.settings.key(*fields)}"
+        folder = self.root / f"flowscored-{self.settings.key(*FLOW_PAIR_FIELDS)}"
         if not build:
             return folder
         pairs, proxy = self.flow_pairs_dir(build=True), self.proxy_dir(build=True)
@@ -165,8 +164,7 @@ class MiniPickAssets:
 
     def flow_noise_pairs_dir(self, build: bool = True) -> Path:
         """MiniPick-Flow's noise-tracked pairs for PNAPO (see ``minipick.noise_pairs``)."""
-        fields = tuple(f for f in PAIR_FIELDS if f != "base_source")
-        folder = self.root / f"flownoise-{self.settings.key(*fields)}"
+        folder = self.root / f"flownoise-{self.settings.key(*FLOW_PAIR_FIELDS)}"
         if not build:
             return folder
         base, proxy = self.flow_base_dir(build=True), self.proxy_dir(build=True)

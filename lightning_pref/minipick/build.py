@@ -61,7 +61,7 @@ def pretrain_base(out_dir: Path, settings: AssetSettings, flow: bool = False) ->
     """Pretrain the base model with our Trainer + SFT on rendered scenes; save it in SD layout.
 
     ``flow``: MiniPick-Flow's base (:mod:`lightning_pref.minipick.flow`), the same networks and
-    settings with the rectified-flow parameterisation.
+    settings with the rectified-flow parameterisation, for ``settings.flow_base_steps`` steps.
     """
     from lightning import Trainer, seed_everything
 
@@ -74,19 +74,20 @@ def pretrain_base(out_dir: Path, settings: AssetSettings, flow: bool = False) ->
 
     seed_everything(settings.base_seed, verbose=False)
     scratch = ScratchMiniPickFlowPolicy if flow else ScratchMiniPickPolicy
+    steps = settings.flow_base_steps if flow else settings.base_steps
     policy = scratch(settings.image_size, settings.base_seed, settings.unet_channels)
     module = OfflinePairModule(
         policy,
         SFT(),
         optimizer=partial(torch.optim.AdamW, lr=settings.base_lr, weight_decay=1e-4),
-        lr_scheduler=partial(WarmupCosine, total_steps=settings.base_steps, warmup_steps=50),
+        lr_scheduler=partial(WarmupCosine, total_steps=steps, warmup_steps=50),
         seed=settings.base_seed,
     )
     data = SceneDataModule(settings.image_size, batch_size=settings.base_batch_size)
     trainer = Trainer(
         accelerator="cpu",
         devices=1,
-        max_steps=settings.base_steps,
+        max_steps=steps,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -102,7 +103,7 @@ def pretrain_base(out_dir: Path, settings: AssetSettings, flow: bool = False) ->
     policy.tokenizer.save_pretrained(out_dir / "tokenizer")
     seconds = round(time.perf_counter() - start, 1)
     policy.eval()
-    return {"seconds": seconds, "steps": settings.base_steps, "test_quality": base_quality(policy)}
+    return {"seconds": seconds, "steps": steps, "test_quality": base_quality(policy)}
 
 
 QUALITY_SAMPLES = 256  # test-prompt samples behind the base model's recorded quality

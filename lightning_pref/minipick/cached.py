@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
+from lightning_pref.errors import ConfigError
 from lightning_pref.minipick.assets import MiniPickAssets
 from lightning_pref.minipick.spm import StepAwareMiniPickScore
 from lightning_pref.minipick.spm_data import (
@@ -67,12 +69,21 @@ class MiniPickSPM(Scorer):
             model, pairs and proxy it depends on) is built there on first use.
         pretrained: an exported SPM folder (``config.json`` + ``model.safetensors``, e.g. the
             ``spm/`` folder of a ``spm_minipick.yaml`` run) to use instead of the asset.
+        levels: what the ``timesteps`` it is given mean: ``ddpm`` (MiniPick's DDPM levels, what
+            the SPM was trained on) or ``flow`` (MiniPick-Flow's levels, σ = (t + 1)/1000; each
+            is read as the DDPM level of the same signal-to-noise ratio, :func:`ddpm_level_of_flow`:
+            our mapping, the SPM was never trained on flow states).
     """
 
-    def __init__(self, data_dir: str | None = None, pretrained: str | None = None) -> None:
+    def __init__(
+        self, data_dir: str | None = None, pretrained: str | None = None, levels: str = "ddpm"
+    ) -> None:
         super().__init__()
+        if levels not in ("ddpm", "flow"):
+            raise ConfigError(f"MiniPickSPM(levels='{levels}'): use 'ddpm' or 'flow'")
         self.data_dir = data_dir
         self.pretrained = pretrained
+        self.levels = levels
         self.model: StepAwareMiniPickScore | None = None
         self.load()
 
@@ -100,4 +111,22 @@ class MiniPickSPM(Scorer):
         model = self.load()
         if model.proxy.logit_scale.device != images.device:  # loaded after the parent's .to()
             model.to(images.device)
+        if self.levels == "flow" and timesteps is not None:
+            timesteps = ddpm_level_of_flow(timesteps)
         return model(images, list(captions), timesteps)
+
+
+def ddpm_level_of_flow(timesteps: Tensor) -> Tensor:
+    """MiniPick-Flow levels ``[N]`` → the MiniPick DDPM levels of the same signal-to-noise ratio.
+
+    Flow level t has σ = (t + 1)/1000 (shift 1) and SNR ((1 − σ)/σ)²; DDPM level t' has
+    ᾱ/(1 − ᾱ) on MiniPick's linear schedule (1e-4 → 0.02, 1000 levels). Each t maps to the t'
+    whose log-SNR is nearest. E.g. t = 499 (σ = 0.5, SNR 1) → t' = 258 (ᾱ ≈ 0.50).
+    """
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)  # [1000]
+    log_snr_ddpm = (abar / (1 - abar)).log()  # [1000], descending
+    sigma = (timesteps.double().cpu() + 1) / 1000
+    log_snr_flow = 2 * ((1 - sigma).clamp_min(1e-12) / sigma).log()  # [N]
+    nearest = (log_snr_ddpm[None, :] - log_snr_flow[:, None]).abs().argmin(1)  # [N]
+    return nearest.to(timesteps.device)

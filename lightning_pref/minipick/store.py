@@ -24,6 +24,8 @@ from pathlib import Path
 __all__ = [
     "ASSET_VERSION",
     "BASE_FIELDS",
+    "FLOW_BASE_FIELDS",
+    "FLOW_PAIR_FIELDS",
     "MANIFEST",
     "PAIR_FIELDS",
     "AssetSettings",
@@ -54,6 +56,9 @@ class AssetSettings:
     # `python -m lightning_pref minipick-base`); "train": pretrain with these settings.
     base_source: str = "committed"
     base_steps: int = 1000
+    # MiniPick-Flow's base (lightning_pref.minipick.flow): the same pretraining with its own length,
+    # chosen for headroom as the DDPM base's was (docs/flow.md); keyed into the flow assets only
+    flow_base_steps: int = 500
     base_batch_size: int = 64
     base_lr: float = 1e-3
     base_seed: int = 0
@@ -82,6 +87,11 @@ BASE_FIELDS = (
 )
 PAIR_FIELDS = (*BASE_FIELDS, "pair_seed", "num_train_pairs", "num_val_pairs")
 PAIR_FIELDS += ("sample_steps", "guidance_scale", "tie_rate", "max_unique_pairs")
+FLOW_BASE_FIELDS = (
+    *(f for f in BASE_FIELDS if f not in ("base_source", "base_steps")),
+    "flow_base_steps",
+)
+FLOW_PAIR_FIELDS = (*FLOW_BASE_FIELDS, *PAIR_FIELDS[len(BASE_FIELDS) :])
 
 
 def _file_digest(path: Path) -> str:

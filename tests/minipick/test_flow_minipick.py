@@ -21,6 +21,7 @@ from lightning_pref.objectives import DiffusionDPO
 TINY = AssetSettings(
     base_source="train",
     base_steps=3,
+    flow_base_steps=3,
     base_batch_size=8,
     num_train_pairs=40,
     num_val_pairs=8,
@@ -125,7 +126,7 @@ def test_dpo_steps_on_flow_pairs_move_the_weights(assets):
 
 
 def test_noise_tracked_pairs_feed_pnapo(assets):
-    """The PNAPO asset: best and worst of 4 flow-base samples per caption, x_T kept; 2 steps train."""
+    """The PNAPO asset: best and worst of 4 flow-base samples per caption, x_T kept; it trains."""
     from safetensors.torch import load_file
 
     from lightning_pref.data.noise_pairs import NoisePairDataModule
@@ -156,3 +157,22 @@ def test_noise_tracked_pairs_feed_pnapo(assets):
     ).fit(module, data)
     changed = [k for k, v in policy.unet.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) > len(before) // 2
+
+
+def test_flow_levels_map_to_the_ddpm_level_of_equal_snr():
+    """σ = (t + 1)/1000; SNR_flow = ((1 − σ)/σ)². t = 499: σ = 0.5, SNR 1, log-SNR 0, so the DDPM
+    level whose ᾱ/(1 − ᾱ) is nearest 1, i.e. ᾱ nearest 0.5 (found here by brute force on the
+    linear 1e-4 → 0.02 schedule); t = 0 stays the cleanest level, t = 999 (σ = 1) the noisiest."""
+    import numpy as np
+
+    from lightning_pref.minipick.cached import MiniPickSPM, ddpm_level_of_flow
+
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    half = int(np.abs(np.log(abar / (1 - abar))).argmin())
+    assert 250 < half < 265
+    out = ddpm_level_of_flow(torch.tensor([0, 499, 999]))
+    assert out.tolist() == [0, half, 999]
+    levels = ddpm_level_of_flow(torch.arange(1000))
+    assert (levels[1:] >= levels[:-1]).all()  # monotone
+    with pytest.raises(ConfigError, match="levels"):
+        MiniPickSPM(pretrained="unused", levels="edm")
