@@ -38,7 +38,6 @@ __all__ = [
     "build_minipick_flow_components",
     "flow_scheduler",
     "load_minipick_flow_folder",
-    "save_flow_folder",
 ]
 
 SAMPLINGS = ("uniform", "logit_normal", "mode")
@@ -157,11 +156,3 @@ class ScratchMiniPickFlowPolicy(FlowUNet, DiffusionPolicy):
 
     def _load_components(self) -> DiffusionComponents:
         return build_minipick_flow_components(self.image_size, self.unet_channels, self.init_seed)
-
-
-def save_flow_folder(policy: FlowUNet, out_dir: Path) -> None:
-    """Save a MiniPick-Flow policy in the layout :func:`load_minipick_flow_folder` reads."""
-    policy.unet.save_pretrained(out_dir / "unet")
-    policy.noise_scheduler.save_pretrained(out_dir / "scheduler")
-    policy.text_encoder.save_pretrained(out_dir / "text_encoder")
-    policy.tokenizer.save_pretrained(out_dir / "tokenizer")

@@ -37,6 +37,21 @@ def assets(tmp_path_factory):
     return a
 
 
+def _two_steps(module, data) -> Trainer:
+    """Fit ``module`` on ``data`` for 2 optimizer steps, quietly, on the CPU."""
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, data)
+    return trainer
+
+
 def test_noising_target_and_told_timestep_by_hand():
     """shift 1: σ(t) = (t + 1)/1000, so t = 499 is σ = 0.5.
 
@@ -110,16 +125,7 @@ def test_dpo_steps_on_flow_pairs_move_the_weights(assets):
     data = PickAPicDataModule(
         train_files=str(pairs / "train"), resolution=16, batch_size=4, hflip=False, seed=0
     )
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(module, data)
+    trainer = _two_steps(module, data)
     changed = [k for k, v in policy.unet.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) > len(before) // 2
     assert trainer.callback_metrics["train/loss"].isfinite()
@@ -146,15 +152,7 @@ def test_noise_tracked_pairs_feed_pnapo(assets):
     )
     before = {k: v.clone() for k, v in policy.unet.state_dict().items()}
     data = NoisePairDataModule(train_dir=str(folder / "train"), batch_size=4, seed=0)
-    Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    ).fit(module, data)
+    _two_steps(module, data)
     changed = [k for k, v in policy.unet.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) > len(before) // 2
 
