@@ -5,13 +5,17 @@ How the numbers in ``README.md`` beside this file were made (from the repository
     python results/minipick_v2_tuning/tune.py --out OUT --device cuda --parallel 14
 
 1. ``tune``: each method's shipped config (``experiments/<method>_minipick.yaml``) is trained
-   with training seed 0 at its learning rate times each of ``--mults`` (nothing else changed),
+   with training seed 0 at its learning rate before tuning (``base_lr``) times each of
+   ``--mults`` (nothing else changed),
    and each run is evaluated against the base on MiniPick's 28 *validation* prompts
    (``validation_prompts.txt``, written from ``world.prompts("validation")``), never on the
    test prompts. Every job is a ``python -m lightning_pref leaderboard`` call, so each run is
    trained and evaluated exactly as the leaderboard does.
+   ``merge`` (for legs run elsewhere) places their result JSONs where ``select`` reads them:
+   the CPU x0.5 leg was run with ``--phase tune --device cpu --parallel 2 --mults 0.5``, then
+   ``--phase merge --legs h200/tune cpu_x2`` and ``--phase select --mults 1 2 0.5``.
 2. ``select``: per method, the multiplier with the highest validation gold win rate (a tie goes
-   to the multiplier closer to 1, the shipped value), among the multipliers that every method
+   to the multiplier closer to 1, the v1 value), among the multipliers that every method
    finished before ``--tune_budget`` (equal budgets); written to ``OUT/selection.json``.
 3. ``final``: the selected learning rate, training seeds 0 and 1 (DPO 0, 1 and 2; seed 0 is the
    tuning run itself, not trained again), evaluated on the 56 held-out *test* prompts with 512
@@ -35,8 +39,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
-
 METHODS = (
     "smpo",
     "inpo",
@@ -58,10 +60,17 @@ VALIDATION = HERE / "validation_prompts.txt"
 LR = "--model.init_args.optimizer.init_args.lr"
 
 
-def shipped_lr(method: str) -> float:
-    """The learning rate in the method's shipped config."""
-    data = yaml.safe_load(Path(f"experiments/{method}_minipick.yaml").read_text())
-    return float(data["model"]["init_args"]["optimizer"]["init_args"]["lr"])
+# Learning rates before this budget changed any config (the v1 values): the grid's multipliers apply
+# to these, so a leg run after a selection changed a config has the same base as the legs before.
+BEFORE_TUNING = {
+    **dict.fromkeys(("smpo", "inpo", "capo", "exo", "dspo", "dpo", "mapo", "kto", "sft"), 2e-5),
+    **{"tailorpo_g": 5e-5, "tailorpo": 5e-5, "spo": 5e-5, "self_npo": 3.3e-6, "npo": 1e-4},
+}
+
+
+def base_lr(method: str) -> float:
+    """The learning rate the tuning multipliers apply to: the one before tuning."""
+    return BEFORE_TUNING[method]
 
 
 def leaderboard(out: Path, method: str, seeds, fit_args, eval_args, num_samples) -> list[str]:
@@ -126,7 +135,7 @@ def tune(args) -> None:
     commands = {}
     for mult in args.mults:  # multiplier by multiplier: a deadline cuts the last one short
         for method in args.methods:
-            lr = shipped_lr(method) * mult
+            lr = base_lr(method) * mult
             commands[f"{method}_x{mult:g}"] = leaderboard(
                 args.out / "tune" / f"{method}_x{mult:g}",
                 method,
@@ -139,6 +148,26 @@ def tune(args) -> None:
         commands, args.out / "logs" / "tune", args.parallel, args.start + args.tune_budget
     )
     (args.out / "tune_times.json").write_text(json.dumps(times, indent=1) + "\n")
+
+
+def merge(args) -> None:
+    """Bring earlier legs into ``OUT/tune``: each ``--legs`` folder holds ``<method>_x<mult>.json``.
+
+    A leg run elsewhere (the H200 legs, the CPU x2 runs) kept only its result JSONs; they are
+    placed where ``select`` reads them and recorded as finished in ``OUT/tune_times.json``.
+    """
+    times_path = args.out / "tune_times.json"
+    times = json.loads(times_path.read_text()) if times_path.is_file() else {}
+    for leg in args.legs:
+        for path in sorted(leg.glob("*_x*.json")):
+            name = path.stem
+            method = name.rsplit("_x", 1)[0]
+            target = args.out / "tune" / name / "results" / f"{method}_seed0.json"
+            if not target.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, target)
+                times[name] = {"code": 0, "seconds": None, "from": str(leg)}
+    times_path.write_text(json.dumps(times, indent=1) + "\n")
 
 
 def select(args) -> None:
@@ -165,7 +194,7 @@ def select(args) -> None:
         best = max(scores, key=lambda m: (round(scores[m]["gold_win_rate"], 6), -abs(m - 1)))
         selection[method] = {
             "mult": best,
-            "lr": shipped_lr(method) * best,
+            "lr": base_lr(method) * best,
             "validation": {f"{m:g}": s for m, s in scores.items()},
         }
     (args.out / "selection.json").write_text(json.dumps(selection, indent=1) + "\n")
@@ -213,7 +242,8 @@ def main() -> None:
     """Run the phases asked for."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--phase", choices=("tune", "select", "final", "table", "all"), default="all")
+    phases = ("tune", "merge", "select", "final", "table", "all")
+    p.add_argument("--phase", choices=phases, default="all")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--mults", nargs="+", type=float, default=[1.0, 2.0, 0.5, 0.25])
     p.add_argument("--device", default="cuda")
@@ -222,6 +252,7 @@ def main() -> None:
     p.add_argument("--test_samples", type=int, default=512)
     p.add_argument("--tune_budget", type=float, default=1e9, help="seconds from start for tuning")
     p.add_argument("--budget", type=float, default=1e9, help="seconds from start for everything")
+    p.add_argument("--legs", nargs="*", type=Path, default=[], help="merge: folders of JSONs")
     p.add_argument("--fit_args", nargs="*", default=[], help="appended to every fit (a probe's)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
